@@ -1,0 +1,213 @@
+"""How a service reaches PostgreSQL: an owned pool, a borrowed pool or one connection."""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import AsyncIterator, Mapping, Sequence
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from typing import Any, TypeVar
+
+import psycopg
+from psycopg import AsyncConnection
+from psycopg.rows import AsyncRowFactory
+from psycopg_pool import AsyncConnectionPool, PoolClosed, PoolTimeout
+
+from pikku_pg._acompat import ALock
+from pikku_pg._connect import describe_server, owned_connection_kwargs, owned_pool_kwargs
+from pikku_pg.errors import DatabaseUnavailableError, ServiceClosedError
+
+Row = TypeVar("Row")
+
+
+class _Mode(enum.Enum):
+    PLAIN = "plain"
+    TRANSACTION = "transaction"
+    PIPELINE = "pipeline"
+
+
+@asynccontextmanager
+async def _scope(conn: AsyncConnection[Any], mode: _Mode) -> AsyncIterator[None]:
+    """Enter the transaction (and pipeline) that ``mode`` asks for on ``conn``."""
+    if mode is _Mode.PLAIN:
+        yield
+    elif mode is _Mode.TRANSACTION:
+        async with conn.transaction():
+            yield
+    else:
+        # Pipeline first, so BEGIN is queued with the statements instead of sent alone.
+        async with conn.pipeline(), conn.transaction():
+            yield
+
+
+Params = Sequence[Any] | Mapping[str, Any] | None
+
+ConnectionSource = str | AsyncConnectionPool[Any] | AsyncConnection[Any]
+
+
+class AsyncDatabase:
+    """The connection source of a service.
+
+    A conninfo string makes a pool that this object owns: it is opened on first use
+    (or by :meth:`open`) and closed by :meth:`close`. Its connections are in
+    autocommit, so a one-statement call costs one round trip. A pool or connection
+    passed in is borrowed and never closed. A borrowed single connection is used by
+    one call at a time; a pool is never locked around, each call checks out its own
+    connection.
+    """
+
+    def __init__(
+        self,
+        source: ConnectionSource,
+        *,
+        connect_kwargs: Mapping[str, Any] | None = None,
+        pool_kwargs: Mapping[str, Any] | None = None,
+    ) -> None:
+        self._pool: AsyncConnectionPool[Any] | None = None
+        self._connection: AsyncConnection[Any] | None = None
+        self._owns_pool = False
+        self._pool_opened = False
+        self._closed = False
+        self._open_lock = ALock()
+        self._connection_lock = ALock()
+        if isinstance(source, str):
+            self._conninfo = source
+            self._owns_pool = True
+            connection_kwargs = owned_connection_kwargs(connect_kwargs)
+            self._pool = AsyncConnectionPool(
+                source,
+                kwargs=connection_kwargs,
+                open=False,
+                **owned_pool_kwargs(pool_kwargs),
+            )
+            self._connect_timeout = float(connection_kwargs["connect_timeout"])
+            return
+        if connect_kwargs or pool_kwargs:
+            raise TypeError("connect_kwargs and pool_kwargs apply only to a conninfo string")
+        if isinstance(source, AsyncConnectionPool):
+            self._pool = source
+        elif isinstance(source, AsyncConnection):
+            self._connection = source
+        else:
+            raise TypeError(
+                "expected a conninfo string, a psycopg_pool.AsyncConnectionPool or a "
+                f"psycopg.AsyncConnection, not {type(source).__name__}"
+            )
+
+    @property
+    def owns_pool(self) -> bool:
+        """Whether this object created its pool (and so closes it)."""
+        return self._owns_pool
+
+    async def open(self) -> None:
+        """Open an owned pool now, failing within the connect timeout if unreachable."""
+        if self._closed:
+            raise ServiceClosedError("the service is closed")
+        if not self._owns_pool or self._pool_opened:
+            return
+        async with self._open_lock:
+            if self._pool_opened:
+                return
+            assert self._pool is not None
+            try:
+                await self._pool.open(wait=True, timeout=self._connect_timeout + 1.0)
+            except PoolTimeout:
+                await self._pool.close()
+                raise await self._unreachable_error() from None
+            self._pool_opened = True
+
+    async def _unreachable_error(self) -> DatabaseUnavailableError:
+        """Build the error for a pool that could not connect, with the server's reason."""
+        where = describe_server(self._conninfo)
+        try:
+            probe = await AsyncConnection.connect(self._conninfo, connect_timeout=5)
+        except psycopg.Error as exc:
+            return DatabaseUnavailableError(f"cannot connect to PostgreSQL at {where}: {exc}")
+        await probe.close()
+        return DatabaseUnavailableError(
+            f"cannot connect to PostgreSQL at {where}: timed out opening the pool"
+        )
+
+    async def close(self) -> None:
+        """Close an owned pool; borrowed pools and connections are left open."""
+        self._closed = True
+        if self._owns_pool and self._pool is not None:
+            await self._pool.close()
+
+    def connection(self) -> AbstractAsyncContextManager[AsyncConnection[Any]]:
+        """A connection for one call.
+
+        On a borrowed connection outside autocommit the block runs in its own
+        transaction (a savepoint inside the caller's), so it never leaves the
+        connection idle in a transaction nor aborts the caller's on error.
+        """
+        return self._acquire(_Mode.PLAIN)
+
+    def transaction(self) -> AbstractAsyncContextManager[AsyncConnection[Any]]:
+        """A connection inside a transaction: all of the block's writes or none.
+
+        Inside a caller's transaction (a borrowed connection) this is a savepoint.
+        """
+        return self._acquire(_Mode.TRANSACTION)
+
+    def pipeline(self) -> AbstractAsyncContextManager[AsyncConnection[Any]]:
+        """A pipelined transaction: BEGIN, the statements and COMMIT in one round trip.
+
+        Results are fetched after a sync point (``await cur.fetchall()`` forces one).
+        """
+        return self._acquire(_Mode.PIPELINE)
+
+    @asynccontextmanager
+    async def _acquire(self, mode: _Mode) -> AsyncIterator[AsyncConnection[Any]]:
+        if self._closed:
+            raise ServiceClosedError("the service is closed")
+        if self._connection is not None:
+            async with self._connection_lock:
+                conn = self._connection
+                if conn.closed:
+                    raise DatabaseUnavailableError("the borrowed connection is closed")
+                if mode is _Mode.PLAIN and not conn.autocommit:
+                    mode = _Mode.TRANSACTION
+                async with _scope(conn, mode):
+                    yield conn
+            return
+        await self.open()
+        assert self._pool is not None
+        try:
+            async with self._pool.connection() as conn, _scope(conn, mode):
+                yield conn
+        except PoolClosed:
+            raise DatabaseUnavailableError("the connection pool is closed") from None
+        except PoolTimeout as exc:
+            raise DatabaseUnavailableError(f"no pooled connection available: {exc}") from None
+
+    async def fetch_all(
+        self,
+        query: bytes,
+        params: Params = None,
+        *,
+        row_factory: AsyncRowFactory[Row],
+    ) -> list[Row]:
+        """Run one statement and return all its rows."""
+        async with self.connection() as conn:
+            cur = conn.cursor(row_factory=row_factory)
+            await cur.execute(query, params)
+            return await cur.fetchall()
+
+    async def fetch_one(
+        self,
+        query: bytes,
+        params: Params = None,
+        *,
+        row_factory: AsyncRowFactory[Row],
+    ) -> Row | None:
+        """Run one statement and return its first row, or None."""
+        async with self.connection() as conn:
+            cur = conn.cursor(row_factory=row_factory)
+            await cur.execute(query, params)
+            return await cur.fetchone()
+
+    async def execute(self, query: bytes, params: Params = None) -> int:
+        """Run one statement and return the number of rows it touched."""
+        async with self.connection() as conn:
+            cur = await conn.execute(query, params)
+            return cur.rowcount

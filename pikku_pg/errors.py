@@ -1,0 +1,126 @@
+"""The exceptions raised by pikku-pg.
+
+Every exception derives from :class:`PikkuPgError`, so ``except PikkuPgError``
+catches everything this library raises on purpose. Database errors that a caller
+can act on (a foreign key to a missing thread, a duplicate id) are translated into
+these classes with the offending id in the message; anything else is left as the
+psycopg exception it is.
+"""
+
+from __future__ import annotations
+
+
+class PikkuPgError(Exception):
+    """Base class of every error raised by pikku-pg."""
+
+
+class InvalidSchemaNameError(PikkuPgError, ValueError):
+    """A schema name is not a plain SQL identifier of at most 63 characters."""
+
+
+class InvalidInputError(PikkuPgError, ValueError):
+    """A value given to a service cannot be stored (wrong type, NUL byte, too large...)."""
+
+
+class DatabaseUnavailableError(PikkuPgError, ConnectionError):
+    """The database cannot be reached, or the pool or connection is closed."""
+
+
+class ServiceClosedError(DatabaseUnavailableError):
+    """The service was closed and cannot run queries any more."""
+
+
+class MigrationError(PikkuPgError):
+    """A schema migration failed; the transaction that ran it was rolled back."""
+
+
+class ConflictError(PikkuPgError):
+    """A write conflicts with what is stored (e.g. an id that belongs to another row)."""
+
+
+class LockTimeoutError(PikkuPgError, TimeoutError):
+    """A lock could not be taken within the requested time."""
+
+
+class NotFoundError(PikkuPgError, LookupError):
+    """Something looked up by id does not exist."""
+
+    kind = "object"
+
+    def __init__(self, ident: object, message: str | None = None) -> None:
+        self.id = ident
+        super().__init__(message or f"{self.kind} {ident!r} not found")
+
+
+class ThreadNotFoundError(NotFoundError):
+    """An AI conversation thread does not exist."""
+
+    kind = "thread"
+
+
+class MessageNotFoundError(NotFoundError):
+    """A message (e.g. a paging cursor) does not exist in the thread."""
+
+    kind = "message"
+
+
+class RunNotFoundError(NotFoundError):
+    """An agent run does not exist."""
+
+    kind = "agent run"
+
+
+class StepNotFoundError(NotFoundError):
+    """A workflow step does not exist."""
+
+    kind = "workflow step"
+
+
+class ChannelNotFoundError(NotFoundError):
+    """A WebSocket channel does not exist."""
+
+    kind = "channel"
+
+
+class WorkflowRunNotFoundError(NotFoundError):
+    """A workflow run does not exist."""
+
+    kind = "workflow run"
+
+
+class WorkflowError(PikkuPgError):
+    """Base class of the errors of the workflow engine."""
+
+
+class WorkflowNotFoundError(WorkflowError, NotFoundError):
+    """No workflow is registered under that name."""
+
+    kind = "workflow"
+
+
+class WorkflowVersionConflictError(WorkflowError):
+    """A run was started by another version of the workflow's code."""
+
+
+class NonDeterminismError(WorkflowError):
+    """A replay asked for a step that differs from the one recorded under its name."""
+
+
+class _RunOutcomeError(WorkflowError):
+    """A run ended in a state other than completed; carries its run id."""
+
+    def __init__(self, run_id: str, message: str) -> None:
+        self.run_id = run_id
+        super().__init__(message)
+
+
+class WorkflowFailedError(_RunOutcomeError):
+    """A workflow run failed."""
+
+
+class WorkflowCancelledError(_RunOutcomeError):
+    """A workflow run was cancelled."""
+
+
+class WorkflowSuspendedError(_RunOutcomeError):
+    """A workflow run is suspended until it is resumed."""
