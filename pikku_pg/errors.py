@@ -124,3 +124,11 @@ class WorkflowCancelledError(_RunOutcomeError):
 
 class WorkflowSuspendedError(_RunOutcomeError):
     """A workflow run is suspended until it is resumed."""
+
+
+class ChannelExistsError(ConflictError):
+    """``add_channel`` was given an id that another channel already has."""
+
+    def __init__(self, channel_id: str) -> None:
+        self.id = channel_id
+        super().__init__(f"channel {channel_id!r} already exists")

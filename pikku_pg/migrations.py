@@ -100,7 +100,8 @@ def ddl(components: Component | Iterable[Component], schema: str) -> str:
     for component in items:
         for migration in component.migrations:
             parts.append(f"-- {component.name} v{migration.version}: {migration.name}")
-            parts.append(render_sql(migration.sql, schema).rstrip() + "\n")
+            statements = render_sql(migration.sql, schema).strip().rstrip(";")
+            parts.append(statements + ";\n")
             parts.append(
                 f"INSERT INTO {quote_identifier(schema)}.{MIGRATIONS_TABLE} "
                 f"(component, version, name) VALUES ('{component.name}', "

@@ -25,30 +25,17 @@ from pathlib import Path
 # ``--check`` reports rules that never fire, so prune them freely.  Names matching
 # ``Async[A-Z]\w*`` that are not listed here lose their ``Async`` prefix (the generic rule).
 RENAMES: dict[str, str] = {
-    "AsyncConnectionPool": "ConnectionPool",
-    "AsyncConnection": "Connection",
-    "AsyncCursor": "Cursor",
-    "AsyncIterator": "Iterator",
-    "AsyncIterable": "Iterable",
-    "AsyncGenerator": "Generator",  # see SUBSCRIPT_APPEND
     "asynccontextmanager": "contextmanager",
+    "AbstractAsyncContextManager": "AbstractContextManager",
     "__aenter__": "__enter__",
     "__aexit__": "__exit__",
-    "__aiter__": "__iter__",
-    "__anext__": "__next__",
-    "aclose": "close",
-    "StopAsyncIteration": "StopIteration",
     "pikku_pg._async": "pikku_pg._sync",
-    "tests._async": "tests._sync",
     # pikku_pg._acompat helpers and their sync twins
     "ALock": "Lock",
     "AEvent": "Event",
-    "AQueue": "Queue",
     "asleep": "sleep",
     "aspawn": "spawn",
     "agather": "gather",
-    "ajoin": "join",
-    "aclosing": "closing",
 }
 
 # Subscripted names that need one more argument:
@@ -66,17 +53,15 @@ DEFAULT_ROOT = Path(__file__).resolve().parent.parent
 
 GENERIC_NAME = re.compile(r"(_*)Async([A-Z]\w*)")  # whole NAME tokens
 GENERIC_TEXT = re.compile(r"\b(_*)Async(?=[A-Z])")  # inside strings and comments
+# The async half of the pairs in pikku_pg._acompat: ALock, AEvent, asleep, aspawn...
+ACOMPAT_ASYNC = re.compile(r"A[A-Z][a-z]\w*|a(?:sleep|spawn|gather|closing|join)")
 LEFTOVER_NAME = re.compile(r"_*Async[A-Z]\w*")
 ASYNC_MARKER = re.compile(r"#\s*ASYNC\s*$")
 
 # f-strings (3.12+) and t-strings (3.14+) are split into several tokens; we glue them back into
 # one STRING so that the output does not depend on the Python version.
-_FSTRING_START = {
-    getattr(tokenize, n) for n in ("FSTRING_START", "TSTRING_START") if hasattr(tokenize, n)
-}
-_FSTRING_END = {
-    getattr(tokenize, n) for n in ("FSTRING_END", "TSTRING_END") if hasattr(tokenize, n)
-}
+_FSTRING_START = {getattr(tokenize, n, -1) for n in ("FSTRING_START", "TSTRING_START")}
+_FSTRING_END = {getattr(tokenize, n, -1) for n in ("FSTRING_END", "TSTRING_END")}
 _OPEN, _CLOSE = "([{", ")]}"
 
 
@@ -294,45 +279,56 @@ def _ruff() -> str:
     return found
 
 
-def _run_ruff(args: list[str], text: str, root: Path, target: str) -> str:
-    # cwd=root and a path under root so that ruff uses the repo's [tool.ruff] config.
-    cmd = [_ruff(), *args, "--stdin-filename", target, "-"]
+def _run_ruff(args: list[str], text: str, root: Path, source: str) -> str:
+    # cwd=root and a path under root so that ruff uses the repo's [tool.ruff] config.  We name
+    # the *source* file: ruff's isort classifies first-party imports by the file's package,
+    # and the sync package may not exist yet (its __init__.py is generated too).
+    cmd = [_ruff(), *args, "--stdin-filename", source, "-"]
     proc = subprocess.run(
         cmd, input=text, capture_output=True, text=True, cwd=root, encoding="utf-8"
     )
     if proc.returncode != 0:
-        raise UnasyncError(f"{target}: ruff {args[0]} failed:\n{proc.stderr.strip()}")
+        raise UnasyncError(f"{source}: ruff {args[0]} failed:\n{proc.stderr.strip()}")
     return proc.stdout
 
 
 def render(
     root: Path,
     source: str,
-    target: str,
     text: str,
     rules: Mapping[str, str] = RENAMES,
     fired: set[str] | None = None,
 ) -> str:
     """Full pipeline for one file: convert, sort imports, format, add the header line."""
     code = convert(text, rules, fired)
-    code = _run_ruff(["check", "--select", "I", "--fix", "--quiet"], code, root, target)
-    code = _run_ruff(["format", "--quiet"], code, root, target)
+    code = _run_ruff(["check", "--select", "I", "--fix", "--quiet"], code, root, source)
+    code = _run_ruff(["format", "--quiet"], code, root, source)
     # The header goes in last so that import sorting can never move it.
     return f"{HEADER_PREFIX}{source} — do not edit\n{code}"
 
 
 def find_leftovers(text: str) -> list[tuple[int, str]]:
-    """(line, what) for async constructs left in code tokens (strings and comments ignored)."""
-    toks = _Text(text).tokens()
+    """(line, what) for async code left in the output; strings and comments are ignored.
+
+    ``ast`` also sees inside f-strings, where the token pass does not look.
+    """
     found = []
-    for i, tok in enumerate(toks):
-        if tok.type != tokenize.NAME:
-            continue
-        if tok.string == "async":
-            found.append((tok.start[0], f"async {toks[i + 1].string}"))
-        elif tok.string == "await" or LEFTOVER_NAME.fullmatch(tok.string):
+    for node in ast.walk(ast.parse(text)):
+        if isinstance(node, ast.Await):
+            found.append((node.lineno, "await"))
+        elif isinstance(node, ast.AsyncFunctionDef):
+            found.append((node.lineno, "async def"))
+        elif isinstance(node, (ast.AsyncWith, ast.AsyncFor)):
+            found.append((node.lineno, type(node).__name__.replace("Async", "async ").lower()))
+        elif isinstance(node, ast.comprehension) and node.is_async:
+            found.append((node.target.lineno, "async for"))
+        elif isinstance(node, ast.ImportFrom) and node.module == "pikku_pg._acompat":
+            # An async helper whose rename rule was pruned would slip into sync code.
+            found += [(node.lineno, a.name) for a in node.names if ACOMPAT_ASYNC.fullmatch(a.name)]
+    for tok in _Text(text).tokens():
+        if tok.type == tokenize.NAME and LEFTOVER_NAME.fullmatch(tok.string):
             found.append((tok.start[0], tok.string))
-    return found
+    return sorted(found)
 
 
 def _is_generated(path: Path) -> bool:
@@ -352,7 +348,7 @@ def _build(
     fired: set[str] = set()
     for source, target in _sources(root, pairs):
         try:
-            text = render(root, source, target, (root / source).read_text("utf-8"), rules, fired)
+            text = render(root, source, (root / source).read_text("utf-8"), rules, fired)
         except (UnasyncError, SyntaxError, tokenize.TokenError) as exc:
             problems.append(f"{source}: cannot generate: {exc}")
             continue
@@ -378,6 +374,11 @@ def _sources(root: Path, pairs: Sequence[tuple[str, str]]) -> list[tuple[str, st
                 rel = path.relative_to(base).as_posix()
                 found.append((f"{src_dir}/{rel}", f"{dst_dir}/{rel}"))
     return found
+
+
+def _targets(root: Path, pairs: Sequence[tuple[str, str]]) -> set[str]:
+    # Even a source that fails to generate keeps its sync file (it is not an orphan).
+    return {target for _, target in _sources(root, pairs)}
 
 
 def _existing(root: Path, pairs: Sequence[tuple[str, str]]) -> set[str]:
@@ -410,7 +411,7 @@ def check(
             problems.append(f"{target}: missing (run scripts/unasync.py)")
         elif path.read_bytes() != text.encode("utf-8"):
             problems.append(f"{target}: stale, differs from the generated output")
-    for target in sorted(existing - outputs.keys()):
+    for target in sorted(existing - _targets(root, pairs)):
         if _is_generated(root / target):
             problems.append(f"{target}: orphan generated file (its source is gone)")
     return problems
@@ -430,7 +431,7 @@ def generate(
         if not path.exists() or path.read_bytes() != text.encode("utf-8"):
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_bytes(text.encode("utf-8"))
-    for target in _existing(root, pairs) - outputs.keys():
+    for target in _existing(root, pairs) - _targets(root, pairs):
         if _is_generated(root / target):
             (root / target).unlink()
     return problems

@@ -1,0 +1,1 @@
+"""Row mapping and input encoding, one module per component (shared by both flavours)."""

@@ -1,0 +1,133 @@
+"""SQL of the ``channel`` component: WebSocket channels, topic subscriptions, event hub.
+
+Version 1 is the DDL of TypeScript ``@pikku/pg`` 0.12.1 (``channels`` and
+``channel_subscriptions``) with ``IF NOT EXISTS``, so a schema made by TypeScript is
+adopted. Version 2 adds what our queries need: an index to find the channels of a
+topic (the primary key starts with ``channel_id``), and the table that carries event
+hub payloads too large for a NOTIFY.
+"""
+
+from __future__ import annotations
+
+from pikku_pg.migrations import Component, Migration
+
+V1_TYPESCRIPT_TABLES = """\
+CREATE TABLE IF NOT EXISTS {schema}.channels (
+    channel_id TEXT PRIMARY KEY,
+    channel_name TEXT NOT NULL,
+    created_at TIMESTAMPTZ NOT NULL DEFAULT now(),
+    opening_data JSONB NOT NULL DEFAULT '{}',
+    user_session JSONB,
+    last_wire TIMESTAMPTZ NOT NULL DEFAULT now()
+);
+
+CREATE TABLE IF NOT EXISTS {schema}.channel_subscriptions (
+    channel_id TEXT NOT NULL REFERENCES {schema}.channels(channel_id) ON DELETE CASCADE,
+    topic TEXT NOT NULL,
+    PRIMARY KEY (channel_id, topic)
+);
+"""
+
+V2_TOPIC_INDEX_AND_LARGE_PAYLOADS = """\
+CREATE INDEX IF NOT EXISTS channel_subscriptions_topic_idx
+    ON {schema}.channel_subscriptions (topic, channel_id);
+
+CREATE TABLE IF NOT EXISTS {schema}.event_hub_payloads (
+    payload_id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    topic TEXT NOT NULL,
+    data JSONB NOT NULL,
+    created_at TIMESTAMPTZ NOT NULL DEFAULT now()
+);
+
+CREATE INDEX IF NOT EXISTS event_hub_payloads_created_at_idx
+    ON {schema}.event_hub_payloads (created_at);
+"""
+
+COMPONENT = Component(
+    "channel",
+    (
+        Migration(1, "channels and subscriptions (TypeScript 0.12.1)", V1_TYPESCRIPT_TABLES),
+        Migration(2, "topic index and event hub payloads", V2_TOPIC_INDEX_AND_LARGE_PAYLOADS),
+    ),
+)
+
+# --- channel store ---------------------------------------------------------------------
+
+# ON CONFLICT DO NOTHING + RETURNING: a duplicate id returns no row instead of an error,
+# so a duplicate never aborts a caller's transaction.
+ADD_CHANNEL = """\
+INSERT INTO {schema}.channels (channel_id, channel_name, opening_data)
+VALUES (%s, %s, %s)
+ON CONFLICT (channel_id) DO NOTHING
+RETURNING 1
+"""
+
+# Subscriptions go with their channels (ON DELETE CASCADE).
+REMOVE_CHANNELS = """\
+DELETE FROM {schema}.channels
+WHERE channel_id = ANY(%s::text[])
+"""
+
+SET_USER_SESSION = """\
+UPDATE {schema}.channels
+SET user_session = %s
+WHERE channel_id = %s
+"""
+
+GET_CHANNEL_AND_SESSION = """\
+SELECT channel_id, channel_name, opening_data, user_session
+FROM {schema}.channels
+WHERE channel_id = %s
+"""
+
+# --- event hub store ---------------------------------------------------------------------
+
+# One statement: insert when the channel exists (idempotent), and say whether it exists.
+# Both read the same snapshot; a channel deleted concurrently makes the foreign key check
+# fail, which the service also reports as "no such channel".
+SUBSCRIBE = """\
+WITH channel AS (
+    SELECT channel_id FROM {schema}.channels WHERE channel_id = %(channel_id)s
+), inserted AS (
+    INSERT INTO {schema}.channel_subscriptions (channel_id, topic)
+    SELECT channel_id, %(topic)s FROM channel
+    ON CONFLICT (channel_id, topic) DO NOTHING
+)
+SELECT EXISTS (SELECT 1 FROM channel)
+"""
+
+UNSUBSCRIBE = """\
+DELETE FROM {schema}.channel_subscriptions
+WHERE channel_id = %s AND topic = %s
+"""
+
+GET_CHANNEL_IDS_FOR_TOPIC = """\
+SELECT channel_id
+FROM {schema}.channel_subscriptions
+WHERE topic = %s
+ORDER BY channel_id
+"""
+
+# --- event hub service (LISTEN/NOTIFY) -------------------------------------------------
+
+PUBLISH_INLINE = "SELECT pg_notify(%s, %s)"
+
+# A payload too large for NOTIFY: store it, notify its id, and drop stored payloads older
+# than the retention in the same statement (one round trip, one transaction).
+PUBLISH_STORED = """\
+WITH expired AS (
+    DELETE FROM {schema}.event_hub_payloads
+    WHERE created_at < now() - make_interval(secs => %(retention)s)
+), stored AS (
+    INSERT INTO {schema}.event_hub_payloads (topic, data)
+    VALUES (%(topic)s, %(data)s)
+    RETURNING payload_id
+)
+SELECT pg_notify(%(channel)s, %(prefix)s || payload_id::text || '}') FROM stored
+"""
+
+FETCH_STORED = """\
+SELECT data
+FROM {schema}.event_hub_payloads
+WHERE payload_id = %s
+"""
