@@ -32,10 +32,12 @@ __all__ = [
     "agather",
     "asleep",
     "aspawn",
+    "await_event",
     "closing",
     "gather",
     "sleep",
     "spawn",
+    "wait_event",
 ]
 
 
@@ -76,3 +78,19 @@ def gather(*threads: threading.Thread, timeout: float | None = None) -> None:
     """Wait for background threads to finish (at most ``timeout`` seconds each)."""
     for thread in threads:
         thread.join(timeout)
+
+
+async def await_event(event: asyncio.Event, timeout: float | None) -> bool:
+    """Wait until ``event`` is set or ``timeout`` seconds pass; True if it is set."""
+    if event.is_set():
+        return True
+    try:
+        await asyncio.wait_for(event.wait(), timeout)
+    except asyncio.TimeoutError:
+        return event.is_set()
+    return True
+
+
+def wait_event(event: threading.Event, timeout: float | None) -> bool:
+    """Wait until ``event`` is set or ``timeout`` seconds pass; True if it is set."""
+    return event.wait(timeout)

@@ -24,7 +24,11 @@ class ComponentInfo:
 
 
 #: Every component of the library, in the order the demo and ``migrate`` apply them.
-COMPONENTS: tuple[ComponentInfo, ...] = ()
+COMPONENTS: tuple[ComponentInfo, ...] = (
+    ComponentInfo("ai", "pikku_pg._sql.ai", "pikku_ai"),
+    ComponentInfo("channel", "pikku_pg._sql.channel", "pikku"),
+    ComponentInfo("deployment", "pikku_pg._sql.deployment", "pikku"),
+)
 
 
 def component_names() -> list[str]:

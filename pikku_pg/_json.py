@@ -28,11 +28,20 @@ def dumps(value: Any) -> str:
         raise InvalidInputError(f"value is not JSON-serializable: {exc}") from exc
 
 
-def jsonb(value: Any) -> Jsonb:
-    """Wrap a value as a JSONB parameter, rejecting what PostgreSQL would refuse."""
-    text = dumps(value)
-    if _ESCAPED_NUL.search(text):
-        raise InvalidInputError("JSON values cannot contain a NUL character (\\u0000)")
+def json_text(field: str, value: Any) -> str:
+    """Compact JSON text of ``value``, refusing what JSONB refuses; errors name ``field``."""
+    try:
+        encoded = dumps(value)
+    except InvalidInputError as exc:
+        raise InvalidInputError(f"{field}: {exc}") from None
+    if _ESCAPED_NUL.search(encoded):
+        raise InvalidInputError(f"{field} contains a NUL character (\\u0000), which JSONB rejects")
+    return encoded
+
+
+def jsonb(value: Any, field: str = "value") -> Jsonb:
+    """Wrap a value as a JSONB parameter, serialized once and checked like :func:`json_text`."""
+    text = json_text(field, value)
     return Jsonb(value, dumps=lambda _: text)
 
 

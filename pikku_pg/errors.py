@@ -132,3 +132,37 @@ class ChannelExistsError(ConflictError):
     def __init__(self, channel_id: str) -> None:
         self.id = channel_id
         super().__init__(f"channel {channel_id!r} already exists")
+
+
+class StepExistsError(ConflictError):
+    """``insert_step_state`` was given a step name that the run already has."""
+
+    def __init__(self, run_id: str, step_name: str) -> None:
+        self.run_id = run_id
+        self.step_name = step_name
+        super().__init__(f"workflow run {run_id!r} already has a step named {step_name!r}")
+
+
+class StepFailedError(WorkflowError):
+    """A workflow step failed with no retry left (raised by ``ctx.do`` in the workflow).
+
+    ``error`` is the step's stored error ``{name, message, stack, code}``; a workflow
+    that does not catch it fails with that error.
+    """
+
+    def __init__(self, step_name: str, error: dict[str, object]) -> None:
+        self.step_name = step_name
+        self.error = error
+        super().__init__(f"step {step_name!r} failed: {error.get('message', '')}")
+
+
+class InvalidRunStateError(WorkflowError, ConflictError):
+    """A run's status does not allow the operation (e.g. resuming a completed run)."""
+
+
+class DuplicateRegistrationError(WorkflowError, ConflictError):
+    """A workflow or RPC name is registered twice on one service."""
+
+
+class WorkflowTimeoutError(WorkflowError, TimeoutError):
+    """``wait_for_run`` gave up before the run finished."""

@@ -36,6 +36,7 @@ RENAMES: dict[str, str] = {
     "asleep": "sleep",
     "aspawn": "spawn",
     "agather": "gather",
+    "await_event": "wait_event",
 }
 
 # Subscripted names that need one more argument:

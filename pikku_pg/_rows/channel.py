@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Mapping, Sequence
-from typing import Any
+import secrets
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, cast
 
 from psycopg.types.json import Jsonb
 from pydantic import BaseModel, ValidationError
@@ -45,9 +46,7 @@ def check_topic(value: object) -> str:
 def check_channel_ids(values: object) -> list[str]:
     """A list of channel ids (a str alone is refused: it is not a list of ids)."""
     if isinstance(values, (str, bytes)) or not isinstance(values, Sequence):
-        raise InvalidInputError(
-            f"channel_ids must be a list of str, not {type(values).__name__}"
-        )
+        raise InvalidInputError(f"channel_ids must be a list of str, not {type(values).__name__}")
     return [check_channel_id(v) for v in values]
 
 
@@ -134,16 +133,29 @@ def notify_channel(schema: str) -> str:
     return _NOTIFY_CHANNEL_PREFIX + hashlib.sha256(schema.encode()).hexdigest()[:40]
 
 
-def data_text(data: Any) -> str:
-    """Event data as compact JSON; refuses what JSON or JSONB cannot hold (e.g. NUL)."""
+def encode_data(data: Any) -> tuple[Jsonb, str]:
+    """Event data as a JSONB parameter and its compact JSON text.
+
+    Refuses what JSON or JSONB cannot hold (e.g. a NUL character), like any stored value.
+    """
     wrapped = jsonb(_plain(data))
-    text: str = wrapped.dumps(wrapped.obj)
-    return text
+    # jsonb() serialized the value once already; reuse that text.
+    text = cast(Callable[[Any], str], wrapped.dumps)(wrapped.obj)
+    return wrapped, text
 
 
-def inline_envelope(topic: str, text: str) -> str:
+def publish_nonce() -> str:
+    """12 random hex characters that make every inline payload distinct.
+
+    PostgreSQL delivers identical notifications sent in one transaction only once; two
+    publishes of the same data inside a caller's transaction must arrive twice.
+    """
+    return secrets.token_hex(6)
+
+
+def inline_envelope(topic: str, text: str, nonce: str) -> str:
     """The NOTIFY payload carrying the data itself."""
-    return '{"t":' + dumps(topic) + ',"d":' + text + "}"
+    return '{"t":' + dumps(topic) + ',"n":"' + nonce + '","d":' + text + "}"
 
 
 def stored_envelope_prefix(topic: str) -> str:

@@ -28,8 +28,8 @@ COMPONENT = Component(
     (Migration(1, "deployments (TypeScript 0.12.1)", V1_TYPESCRIPT_TABLE),),
 )
 
-# Used by start() and by every heartbeat: a row removed behind our back (a cleanup job,
-# a restored backup) is put back on the next beat.
+# Used by start(), and by a heartbeat that found its row gone (removed by a cleanup job,
+# a restored backup...): the row is put back.
 UPSERT = """\
 INSERT INTO {schema}.pikku_deployments
     (deployment_id, endpoint, functions, last_heartbeat)
@@ -40,16 +40,23 @@ ON CONFLICT (deployment_id) DO UPDATE SET
     last_heartbeat = now()
 """
 
+HEARTBEAT = """\
+UPDATE {schema}.pikku_deployments
+SET last_heartbeat = now()
+WHERE deployment_id = %s
+"""
+
 DELETE = """\
 DELETE FROM {schema}.pikku_deployments
 WHERE deployment_id = %s
 """
 
-# `functions @> ARRAY[name]` can use the GIN index; `name = ANY(functions)` cannot.
+# `functions @> ARRAY[name]` can use the GIN index; `name = ANY(functions)` cannot. The
+# one-element array is the parameter, so a generic plan does not build it for each row.
 FIND_FUNCTION = """\
 SELECT deployment_id, endpoint
 FROM {schema}.pikku_deployments
-WHERE functions @> ARRAY[%s::text]
+WHERE functions @> %s::text[]
   AND last_heartbeat > now() - make_interval(secs => %s)
 ORDER BY last_heartbeat DESC, deployment_id
 """

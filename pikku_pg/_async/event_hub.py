@@ -1,0 +1,419 @@
+"""A cross-process event hub over PostgreSQL LISTEN/NOTIFY (beyond TypeScript 0.12.1).
+
+Any process may :meth:`~AsyncPgEventHubService.publish` to a topic; every process whose
+event hub service subscribed a channel to that topic receives the event, with the ids of
+its own subscribed channels, and can forward it to those sockets.
+
+How it works, and what it promises:
+
+* One NOTIFY channel per schema (``pikku_event_hub_<schema>``); the payload is the JSON
+  envelope ``{"t": topic, "n": nonce, "d": data}`` (the random nonce keeps PostgreSQL
+  from merging identical events published in one transaction).
+* NOTIFY refuses payloads of 8,000 bytes or more. Larger envelopes are *stored*: the
+  data goes into the ``event_hub_payloads`` table and the NOTIFY carries its id
+  (``{"t": topic, "r": id}``), in the same statement and transaction, so the row is
+  visible when the notification arrives. Receivers that hold a subscribed channel read
+  it back (one more round trip). Stored payloads are deleted by later large publishes
+  once older than ``payload_retention`` seconds (default 300). Data larger than
+  ``max_payload_bytes`` (default 8 MiB of JSON) is refused with
+  :class:`~pikku_pg.errors.InvalidInputError` before anything is sent.
+* NOTIFY is delivered when the publishing transaction commits: publishing through a
+  borrowed connection inside your transaction delivers only if it commits.
+* The listener is a dedicated connection (LISTEN is session state: behind PgBouncer,
+  point ``listen_conninfo`` at PostgreSQL or a session-mode pool). A background task
+  (async) or daemon thread (sync) drains it into a local queue as soon as
+  notifications arrive, so a slow consumer never holds up PostgreSQL's notification
+  queue nor any publisher. At most ``max_pending`` events wait in the queue; beyond
+  that new events are dropped and a warning is logged.
+* If the listener's connection drops, it logs a warning, reconnects with back-off,
+  LISTENs again and logs that it is back. Events published while it was disconnected
+  are lost (NOTIFY is not durable).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import logging
+import threading
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from typing import Any, ClassVar, TypeAlias
+
+import psycopg
+from psycopg import AsyncConnection
+from psycopg import sql as pgsql
+from psycopg.conninfo import make_conninfo
+from psycopg.rows import tuple_row
+from psycopg_pool import AsyncConnectionPool
+
+from pikku_pg._acompat import AEvent, agather, aspawn, await_event
+from pikku_pg._async._database import ConnectionSource
+from pikku_pg._async.channel import AsyncPgEventHubStore
+from pikku_pg._json import check_text
+from pikku_pg._rows.channel import (
+    check_channel_ids,
+    check_topic,
+    encode_data,
+    fits_inline,
+    inline_envelope,
+    notify_channel,
+    parse_envelope,
+    publish_nonce,
+    stored_envelope_prefix,
+)
+from pikku_pg._sql import channel as sql
+from pikku_pg._sql import render
+from pikku_pg.errors import (
+    ConflictError,
+    DatabaseUnavailableError,
+    InvalidInputError,
+    ServiceClosedError,
+)
+from pikku_pg.models.channel import EventHubMessage
+
+# The local event queue: asyncio's here, queue.Queue in the sync flavour.
+if True:  # ASYNC
+    from pikku_pg._acompat import AQueue as _EventQueue
+else:
+    from pikku_pg._acompat import Queue as _EventQueue
+
+logger = logging.getLogger("pikku_pg.event_hub")
+
+# Set while a callback runs, so that close() called from a callback does not wait for the
+# dispatcher it runs in (that would wait for itself).
+_IN_CALLBACK: contextvars.ContextVar[bool] = contextvars.ContextVar(
+    "pikku_pg_event_hub_in_callback", default=False
+)
+
+# async flavour: a coroutine function; sync flavour: a plain function.
+EventCallback: TypeAlias = Callable[[EventHubMessage], Any]
+
+# Keepalives make a silently dead network link (no FIN, no RST) visible to the listener.
+_LISTENER_CONNECT_KWARGS: dict[str, Any] = {
+    "keepalives": 1,
+    "keepalives_idle": 30,
+    "keepalives_interval": 10,
+    "keepalives_count": 3,
+    "connect_timeout": 10,
+    "application_name": "pikku_pg event hub listener",
+}
+
+
+class AsyncPgEventHubService(AsyncPgEventHubStore):
+    """Publish to topics from any process; receive the events for this process's channels.
+
+    It is an :class:`AsyncPgEventHubStore` (``subscribe`` / ``unsubscribe`` /
+    ``get_channel_ids_for_topic``) that also remembers which channels were subscribed
+    through it: those are the channels this process holds, and an event is delivered
+    with their ids. Topics with none of them are ignored here.
+
+    ``await hub.start()`` starts listening (returns once LISTEN is active); then either
+    ``async for topic, channel_ids, data in hub.events(): ...`` or pass
+    ``start(callback)`` to have ``await callback(message)`` run for each event.
+    ``close()`` stops the listener. See the module documentation for payloads above
+    NOTIFY's 8,000-byte limit, reconnection and back-pressure.
+    """
+
+    #: Seconds the listener waits for notifications before checking whether to stop.
+    poll_interval: ClassVar[float] = 0.2
+
+    def __init__(
+        self,
+        conn: ConnectionSource,
+        schema: str | None = None,
+        *,
+        connect_kwargs: Mapping[str, Any] | None = None,
+        pool_kwargs: Mapping[str, Any] | None = None,
+        listen_conninfo: str | None = None,
+        max_pending: int = 10_000,
+        payload_retention: float = 300.0,
+        max_payload_bytes: int = 8 * 1024 * 1024,
+        reconnect_delay: float = 0.1,
+        max_reconnect_delay: float = 5.0,
+    ) -> None:
+        super().__init__(conn, schema, connect_kwargs=connect_kwargs, pool_kwargs=pool_kwargs)
+        for name, value in (
+            ("max_pending", max_pending),
+            ("payload_retention", payload_retention),
+            ("max_payload_bytes", max_payload_bytes),
+            ("reconnect_delay", reconnect_delay),
+            ("max_reconnect_delay", max_reconnect_delay),
+        ):
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+                raise InvalidInputError(f"{name} must be a positive number, not {value!r}")
+        self._listen_conninfo, self._listen_kwargs = _listener_target(
+            conn, listen_conninfo, connect_kwargs
+        )
+        self._channel = notify_channel(self._schema)
+        self._publish_inline = render(sql.PUBLISH_INLINE, self._schema)
+        self._publish_stored = render(sql.PUBLISH_STORED, self._schema)
+        self._fetch_stored = render(sql.FETCH_STORED, self._schema)
+        self._max_pending = int(max_pending)
+        self._retention = float(payload_retention)
+        self._max_payload_bytes = int(max_payload_bytes)
+        self._reconnect_delay = float(reconnect_delay)
+        self._max_reconnect_delay = float(max_reconnect_delay)
+        # topic -> channel ids subscribed through this service. Values are replaced, never
+        # mutated, so the listener reads a consistent snapshot without taking the lock.
+        self._local: dict[str, frozenset[str]] = {}
+        self._local_lock = threading.Lock()
+        self._queue: _EventQueue[EventHubMessage | None] = _EventQueue()
+        self._stopping = False
+        self._stop_event = AEvent()
+        self._started = False
+        self._listener_pid: int | None = None
+        self._reader: Any = None
+        self._dispatcher: Any = None
+        self._dropped = 0
+        self._reconnects = 0
+
+    # --- local subscriptions ------------------------------------------------------------
+
+    async def subscribe(self, topic: str, channel_id: str) -> bool:
+        """Subscribe a channel held by this process to a topic (stored, and remembered)."""
+        subscribed = await super().subscribe(topic, channel_id)
+        if subscribed:
+            with self._local_lock:
+                self._local[topic] = self._local.get(topic, frozenset()) | {channel_id}
+        return subscribed
+
+    async def unsubscribe(self, topic: str, channel_id: str) -> bool:
+        """Remove a subscription (stored and local); returns whether one was stored."""
+        removed = await super().unsubscribe(topic, channel_id)
+        self._forget(topic, {channel_id})
+        return removed
+
+    def release_channels(self, channel_ids: Sequence[str]) -> None:
+        """Forget channels this process no longer holds (e.g. closed sockets).
+
+        Only local: remove them from the database with the channel store's
+        ``remove_channels`` (their subscriptions go with them).
+        """
+        ids = set(check_channel_ids(channel_ids))
+        for topic in list(self._local):
+            self._forget(topic, ids)
+
+    def local_channel_ids(self, topic: str) -> list[str]:
+        """The channels subscribed to ``topic`` through this service, sorted."""
+        return sorted(self._local.get(topic, ()))
+
+    def _forget(self, topic: str, channel_ids: set[str]) -> None:
+        with self._local_lock:
+            left = self._local.get(topic, frozenset()) - channel_ids
+            if left:
+                self._local[topic] = left
+            else:
+                self._local.pop(topic, None)
+
+    # --- publishing ------------------------------------------------------------------------
+
+    async def publish(self, topic: str, data: Any) -> None:
+        """Send ``data`` (any JSON value or pydantic model) to every listener of ``topic``.
+
+        One round trip. Envelopes of 8,000 bytes or more go through the payload table;
+        data above ``max_payload_bytes``, a NUL character or a value that is not JSON
+        raises :class:`InvalidInputError` and nothing is sent.
+        """
+        topic = check_topic(topic)
+        param, text = encode_data(data)
+        size = len(text.encode())
+        if size > self._max_payload_bytes:
+            raise InvalidInputError(
+                f"event data is {size} bytes of JSON; at most {self._max_payload_bytes}"
+            )
+        envelope = inline_envelope(topic, text, publish_nonce())
+        if fits_inline(envelope):
+            await self._db.execute(self._publish_inline, (self._channel, envelope))
+            return
+        await self._db.execute(
+            self._publish_stored,
+            {
+                "retention": self._retention,
+                "topic": topic,
+                "data": param,
+                "channel": self._channel,
+                "prefix": stored_envelope_prefix(topic),
+            },
+        )
+
+    # --- receiving -----------------------------------------------------------------------
+
+    @property
+    def listener_pid(self) -> int | None:
+        """The backend pid of the listener's current connection (None when not connected)."""
+        return self._listener_pid
+
+    @property
+    def dropped(self) -> int:
+        """How many events were dropped because ``max_pending`` were waiting."""
+        return self._dropped
+
+    @property
+    def reconnects(self) -> int:
+        """How many times the listener reconnected after losing its connection."""
+        return self._reconnects
+
+    async def start(self, callback: EventCallback | None = None) -> None:
+        """Start listening; returns once LISTEN is active, so later publishes arrive.
+
+        With ``callback``, a background task (sync: a daemon thread) calls it for each
+        event; an exception it raises is logged and the next event is delivered.
+        Without, read the events with :meth:`events`.
+        """
+        if self._stopping:
+            raise ServiceClosedError("the event hub service is closed")
+        if self._started:
+            raise ConflictError("this event hub service is already listening")
+        conn = await self._connect_listener()
+        self._started = True
+        self._reader = aspawn(self._listen, (conn,), name="pikku_pg event hub listener")
+        if callback is not None:
+            self._dispatcher = aspawn(
+                self._dispatch, (callback,), name="pikku_pg event hub dispatcher"
+            )
+
+    async def events(self) -> AsyncIterator[EventHubMessage]:
+        """The received events, in arrival order, until :meth:`close` (one consumer)."""
+        while True:
+            message = await self._queue.get()
+            if message is None:
+                self._queue.put_nowait(None)  # let any other reader stop too
+                return
+            yield message
+
+    async def close(self) -> None:
+        """Stop the listener (and callback), then release what the service owns."""
+        self._stopping = True
+        self._stop_event.set()
+        if self._reader is not None:
+            await agather(self._reader, timeout=self.poll_interval + 5.0)
+            self._reader = None
+        self._queue.put_nowait(None)
+        if self._dispatcher is not None and not _IN_CALLBACK.get():
+            await agather(self._dispatcher, timeout=5.0)
+            self._dispatcher = None
+        await super().close()
+
+    async def _connect_listener(self) -> AsyncConnection[Any]:
+        try:
+            conn = await AsyncConnection.connect(
+                self._listen_conninfo, autocommit=True, **self._listen_kwargs
+            )
+        except psycopg.OperationalError as exc:
+            raise DatabaseUnavailableError(f"event hub listener cannot connect: {exc}") from exc
+        try:
+            await conn.execute(pgsql.SQL("LISTEN {}").format(pgsql.Identifier(self._channel)))
+        except BaseException:
+            await conn.close()
+            raise
+        self._listener_pid = conn.info.backend_pid
+        return conn
+
+    async def _listen(self, conn: AsyncConnection[Any] | None) -> None:
+        """The listener loop: drain notifications; reconnect when the connection drops."""
+        delay = self._reconnect_delay
+        while not self._stopping:
+            if conn is None:
+                try:
+                    conn = await self._connect_listener()
+                except (DatabaseUnavailableError, psycopg.Error) as exc:
+                    logger.warning(
+                        "event hub listener cannot reconnect (%s); retrying in %.1f s",
+                        str(exc).strip(),
+                        delay,
+                    )
+                    await self._pause(delay)
+                    delay = min(delay * 2, self._max_reconnect_delay)
+                    continue
+                self._reconnects += 1
+                delay = self._reconnect_delay
+                logger.warning("event hub listener reconnected (schema %r)", self._schema)
+            try:
+                while not self._stopping:
+                    async for notify in conn.notifies(timeout=self.poll_interval):
+                        try:
+                            await self._receive(notify.payload)
+                        except Exception:  # one bad event must not stop the listener
+                            logger.exception("event hub failed to handle a notification")
+            except psycopg.Error as exc:
+                if not self._stopping:
+                    logger.warning(
+                        "event hub listener lost its connection (%s); reconnecting",
+                        str(exc).strip(),
+                    )
+            finally:
+                self._listener_pid = None
+                with contextlib.suppress(psycopg.Error):
+                    await conn.close()
+                conn = None
+
+    async def _pause(self, seconds: float) -> None:
+        """Sleep, but wake up at once when the service is closed."""
+        await await_event(self._stop_event, seconds)
+
+    async def _receive(self, payload: str) -> None:
+        """Queue one notification for the channels of this process (if any)."""
+        try:
+            topic, stored, value = parse_envelope(payload)
+        except (ValueError, TypeError, KeyError) as exc:
+            logger.warning("event hub ignored a malformed notification (%s)", exc)
+            return
+        channel_ids = self._local.get(topic)
+        if not channel_ids:
+            return
+        data = value
+        if stored:
+            try:
+                row = await self._db.fetch_one(self._fetch_stored, (value,), row_factory=tuple_row)
+            except (psycopg.Error, DatabaseUnavailableError) as exc:
+                logger.warning("event hub could not read stored payload %s: %s", value, exc)
+                return
+            if row is None:
+                logger.warning(
+                    "event hub stored payload %s of topic %r expired before it was read",
+                    value,
+                    topic,
+                )
+                return
+            data = row[0]
+        if self._queue.qsize() >= self._max_pending:
+            self._dropped += 1
+            if self._dropped == 1 or self._dropped % 1000 == 0:
+                logger.warning(
+                    "event hub consumer is too slow: %d events dropped so far (max_pending=%d)",
+                    self._dropped,
+                    self._max_pending,
+                )
+            return
+        self._queue.put_nowait(EventHubMessage(topic, sorted(channel_ids), data))
+
+    async def _dispatch(self, callback: EventCallback) -> None:
+        _IN_CALLBACK.set(True)  # in this task's (thread's) own context only
+        async for message in self.events():
+            try:
+                await callback(message)
+            except Exception:
+                logger.exception("event hub callback failed on topic %r", message.topic)
+
+
+def _listener_target(
+    conn: ConnectionSource, listen_conninfo: str | None, connect_kwargs: Mapping[str, Any] | None
+) -> tuple[str, dict[str, Any]]:
+    """Where the listener connects: (conninfo, connection keyword arguments)."""
+    kwargs = dict(_LISTENER_CONNECT_KWARGS)
+    if listen_conninfo is not None:
+        return check_text("listen_conninfo", listen_conninfo), kwargs
+    if isinstance(conn, str):
+        extra = {k: v for k, v in (connect_kwargs or {}).items() if k != "autocommit"}
+        return conn, {**kwargs, **extra}
+    if isinstance(conn, AsyncConnectionPool):
+        if not isinstance(conn.conninfo, str) or not isinstance(conn.kwargs, (dict, type(None))):
+            raise InvalidInputError(
+                "the pool computes its connection parameters: pass listen_conninfo"
+            )
+        extra = {k: v for k, v in (conn.kwargs or {}).items() if k != "autocommit"}
+        return conn.conninfo, {**kwargs, **extra}
+    # A borrowed connection: its parameters, plus the password libpq does not show.
+    password = conn.pgconn.password
+    params = {"password": password.decode()} if password else {}
+    return make_conninfo(conn.info.dsn, **params), kwargs

@@ -1,0 +1,405 @@
+"""Durable workflows in PostgreSQL: :class:`AsyncPgWorkflowService`.
+
+The service is the workflow state store plus registration, running and workers.
+It wires four parts that each stand on their own: the state store
+(:mod:`~pikku_pg._async.workflow_state`), the job queue
+(:mod:`~pikku_pg._async.workflow_queue`), the replay engine
+(:mod:`~pikku_pg._async.workflow_engine`) and the worker loop
+(:mod:`~pikku_pg._async.workflow_worker`).
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import time
+from collections.abc import Callable, Mapping
+from datetime import datetime, timezone
+from typing import Any, ClassVar, TypeVar
+
+from pikku_pg._acompat import asleep
+from pikku_pg._async._database import ConnectionSource
+from pikku_pg._async.workflow_engine import (
+    AsyncReplayEngine,
+    AsyncWorkflowContext,
+    Outcome,
+    RpcDefinition,
+    WorkflowDefinition,
+)
+from pikku_pg._async.workflow_queue import AsyncWorkflowQueue
+from pikku_pg._async.workflow_state import AsyncWorkflowStateStore
+from pikku_pg._async.workflow_worker import AsyncWorkflowWorker, listener_target
+from pikku_pg._json import dumps
+from pikku_pg._rows.workflow import UNKNOWN_WIRE, encode_wire
+from pikku_pg._rows.workflow_engine import (
+    CANCELLED,
+    check_name,
+    code_source,
+    code_version,
+    error_record,
+    stored_error_dict,
+)
+from pikku_pg._sql.workflow import WORKFLOW
+from pikku_pg._sql.workflow_queue import WORKFLOW_QUEUE
+from pikku_pg.errors import (
+    DuplicateRegistrationError,
+    InvalidInputError,
+    InvalidRunStateError,
+    WorkflowCancelledError,
+    WorkflowFailedError,
+    WorkflowNotFoundError,
+    WorkflowRunNotFoundError,
+    WorkflowSuspendedError,
+    WorkflowTimeoutError,
+)
+from pikku_pg.migrations import Component
+from pikku_pg.models.workflow import WorkflowRun, WorkflowRunWire
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+__all__ = ["AsyncPgWorkflowService", "AsyncWorkflowContext", "AsyncWorkflowWorker"]
+
+
+class AsyncPgWorkflowService(AsyncWorkflowStateStore):
+    """Durable workflows in PostgreSQL (schema ``pikku_workflow`` by default).
+
+    Register workflows and RPCs with the :meth:`workflow` and :meth:`rpc`
+    decorators, then run them inline (:meth:`run_to_completion`) or queued
+    (:meth:`start_workflow`, processed by :meth:`run_worker` or :meth:`worker`).
+    In this (async) flavour, workflow and RPC functions are ``async def``.
+
+    ``listen_conninfo`` is where workers LISTEN for wake-ups (default: the
+    service's own server); LISTEN needs a session, so behind PgBouncer in
+    transaction mode point it at PostgreSQL or run workers with ``listen=False``.
+    """
+
+    components: ClassVar[tuple[Component, ...]] = (WORKFLOW, WORKFLOW_QUEUE)
+
+    def __init__(
+        self,
+        conn: ConnectionSource,
+        schema: str | None = None,
+        *,
+        connect_kwargs: Mapping[str, Any] | None = None,
+        pool_kwargs: Mapping[str, Any] | None = None,
+        listen_conninfo: str | None = None,
+    ) -> None:
+        super().__init__(conn, schema, connect_kwargs=connect_kwargs, pool_kwargs=pool_kwargs)
+        self._queue = AsyncWorkflowQueue(self._db, self._schema)
+        self._workflows: dict[str, WorkflowDefinition] = {}
+        self._rpcs: dict[str, RpcDefinition] = {}
+        self._engine = AsyncReplayEngine(self, self._queue, self._workflows, self._rpcs)
+        self._source = conn
+        self._connect_kwargs = connect_kwargs
+        self._listen_conninfo = listen_conninfo
+        self._stored_versions: set[tuple[str, str]] = set()
+        self._workers: list[AsyncWorkflowWorker] = []
+
+    # ------------------------------------------------------------ registration
+
+    def workflow(self, name: str, *, version: str | None = None) -> Callable[[F], F]:
+        """Register ``fn(ctx, input) -> output`` as the workflow ``name``.
+
+        Runs record the workflow's version: ``version`` or a hash of its source.
+        A run recorded with another version fails with ``VERSION_CONFLICT`` rather
+        than replaying different code.
+        """
+        check_name("workflow", name)
+        if version is not None:
+            check_name("version", version)
+
+        def register(fn: F) -> F:
+            _check_function(fn, f"workflow {name!r}")
+            if name in self._workflows:
+                raise DuplicateRegistrationError(f"a workflow named {name!r} is registered")
+            self._workflows[name] = WorkflowDefinition(
+                name, fn, version or code_version(fn), code_source(fn)
+            )
+            return fn
+
+        return register
+
+    def rpc(self, name: str, *, queued: bool = False) -> Callable[[F], F]:
+        """Register ``fn(data) -> result`` as the RPC ``name`` (a step function).
+
+        ``queued=True`` steps run as separate step jobs on any worker; others run
+        inside the replay pass.
+        """
+        check_name("RPC", name)
+        if not isinstance(queued, bool):
+            raise InvalidInputError(f"queued must be a bool, not {type(queued).__name__}")
+
+        def register(fn: F) -> F:
+            _check_function(fn, f"RPC {name!r}")
+            if name in self._rpcs:
+                raise DuplicateRegistrationError(f"an RPC named {name!r} is registered")
+            self._rpcs[name] = RpcDefinition(name, fn, queued)
+            return fn
+
+        return register
+
+    def _definition(self, name: str) -> WorkflowDefinition:
+        check_name("workflow", name)
+        defn = self._workflows.get(name)
+        if defn is None:
+            raise WorkflowNotFoundError(name)
+        return defn
+
+    async def _ensure_version(self, defn: WorkflowDefinition) -> None:
+        """Store the workflow's version once per service (graph: a Python function)."""
+        key = (defn.name, defn.version)
+        if key in self._stored_versions:
+            return
+        graph = {"language": "python", "function": getattr(defn.fn, "__qualname__", defn.name)}
+        await self.upsert_workflow_version(defn.name, defn.version, graph, defn.source)
+        self._stored_versions.add(key)
+
+    # ----------------------------------------------------------------- running
+
+    async def start_workflow(
+        self,
+        name: str,
+        input: Any,
+        *,
+        wire: WorkflowRunWire | Mapping[str, Any] | None = None,
+    ) -> str:
+        """Start a queued run (a worker runs it); returns the run id.
+
+        The run and its first job are stored in one statement, and idle workers
+        are woken by NOTIFY. Raises :class:`WorkflowNotFoundError` for a name that
+        is not registered here, :class:`InvalidInputError` for an input that is not
+        JSON (nothing is stored).
+        """
+        defn = self._definition(name)
+        await self._ensure_version(defn)
+        return await self._queue.start_run(name, input, graph_hash=defn.version, wire=wire)
+
+    async def run_to_completion(
+        self,
+        name: str,
+        input: Any,
+        *,
+        wire: WorkflowRunWire | Mapping[str, Any] | None = None,
+    ) -> Any:
+        """Run a workflow inline, in the caller, and return its output.
+
+        Sleeps and retry delays wait in the caller. Raises
+        :class:`WorkflowFailedError`, :class:`WorkflowCancelledError` or
+        :class:`WorkflowSuspendedError` (each with ``run_id``; failures also carry
+        ``error``, the stored error, and ``code``).
+        """
+        defn = self._definition(name)
+        text = dumps(input)  # refuses what is not JSON before anything is stored
+        await self._ensure_version(defn)
+        run_id = await self.create_run(name, input, inline=True, graph_hash=defn.version, wire=wire)
+        now = datetime.now(timezone.utc)
+        run = WorkflowRun.model_construct(
+            id=run_id,
+            workflow=name,
+            status="running",
+            input=json.loads(text),
+            inline=True,
+            graph_hash=defn.version,
+            wire=WorkflowRunWire.model_validate(UNKNOWN_WIRE if wire is None else _wire(wire)),
+            created_at=now,
+            updated_at=now,
+        )
+        outcome = await self._engine.replay(run_id, inline=True, run=run, fresh=True)
+        return _result(run_id, outcome)
+
+    async def wait_for_run(self, run_id: str, timeout: float | None = None) -> WorkflowRun:
+        """Wait until a run is no longer ``running`` (completed, failed, cancelled or
+        suspended) and return it. Raises :class:`WorkflowTimeoutError` after
+        ``timeout`` seconds, :class:`WorkflowRunNotFoundError` for an unknown run.
+        """
+        if timeout is not None and (
+            isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout < 0
+        ):
+            raise InvalidInputError(f"timeout must be a non-negative number, not {timeout!r}")
+        deadline = None if timeout is None else time.monotonic() + timeout
+        pause = 0.005
+        while True:
+            run = await self.get_run(run_id)
+            if run is None:
+                raise WorkflowRunNotFoundError(run_id)
+            if run.status != "running":
+                return run
+            if deadline is not None:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise WorkflowTimeoutError(
+                        f"workflow run {run_id} is still running after {timeout} s"
+                    )
+                pause = min(pause, left)
+            await asleep(pause)
+            pause = min(pause * 1.5, 0.25)
+
+    async def cancel_run(self, run_id: str, reason: str | None = None) -> None:
+        """Cancel a running or suspended run.
+
+        Its pending jobs are dropped at once; a pass in progress stops at its next
+        step boundary. Raises :class:`WorkflowRunNotFoundError` for an unknown run,
+        :class:`InvalidRunStateError` for a run that already ended.
+        """
+        if reason is not None and not isinstance(reason, str):
+            raise InvalidInputError(f"reason must be a str, not {type(reason).__name__}")
+        error = error_record(reason or "cancelled", code=CANCELLED, name="WorkflowCancelled")
+        if await self._queue.cancel_run(run_id, error):
+            return
+        run = await self.get_run(run_id)
+        if run is None:
+            raise WorkflowRunNotFoundError(run_id)
+        raise InvalidRunStateError(f"workflow run {run_id} is {run.status}; it cannot be cancelled")
+
+    async def _reopen(self, run_id: str, *, enqueue: bool) -> WorkflowRun:
+        run = await self.get_run(run_id)
+        if run is None:
+            raise WorkflowRunNotFoundError(run_id)
+        if run.status not in ("suspended", "failed"):
+            raise InvalidRunStateError(
+                f"workflow run {run_id} is {run.status}; only a suspended or failed run "
+                "can be resumed"
+            )
+        if not enqueue:
+            self._definition(run.workflow)  # it runs here: it must be registered here
+        if run.status == "failed":
+            # Each failed step gets one more attempt.
+            for step in await self.get_run_steps(run_id):
+                if step.status == "failed":
+                    await self.create_retry_attempt(step.step_id, "pending")
+        if not await self._queue.reopen_run(run_id, enqueue=enqueue):
+            raise InvalidRunStateError(f"workflow run {run_id} changed status meanwhile")
+        return run
+
+    async def resume_run(self, run_id: str) -> None:
+        """Resume a suspended run (or retry a failed one); a worker continues it.
+
+        A failed run's failed steps get one more attempt. Raises
+        :class:`InvalidRunStateError` for a run that is running, completed or
+        cancelled, :class:`WorkflowRunNotFoundError` for an unknown run.
+        """
+        await self._reopen(run_id, enqueue=True)
+
+    async def resume_to_completion(self, run_id: str) -> Any:
+        """Like :meth:`resume_run`, but continue the run inline, in the caller, and
+        return its output (or raise as :meth:`run_to_completion` does)."""
+        await self._reopen(run_id, enqueue=False)
+        outcome = await self._engine.replay(run_id, inline=True)
+        return _result(run_id, outcome)
+
+    async def get_run_jobs(self, run_id: str) -> list[dict[str, Any]]:
+        """The queued jobs of a run (kind, status, run_at, attempts, last_error...)."""
+        return await self._queue.jobs_of_run(run_id)
+
+    # ----------------------------------------------------------------- workers
+
+    def worker(
+        self,
+        *,
+        concurrency: int = 4,
+        lease: float = 30.0,
+        poll_interval: float = 1.0,
+        listen: bool = True,
+        shutdown_timeout: float = 30.0,
+        name: str | None = None,
+    ) -> AsyncWorkflowWorker:
+        """A worker for this service's queue; ``async with`` runs it in the background.
+
+        ``concurrency`` jobs at once (tasks; threads in the sync flavour). A claim
+        is a lease of ``lease`` seconds, extended while the job runs. Idle workers
+        wake on NOTIFY, or every ``poll_interval`` seconds with ``listen=False``
+        (e.g. behind PgBouncer in transaction mode). The pool needs about
+        ``concurrency + 1`` connections (the listener has its own).
+        """
+        if not isinstance(listen, bool):
+            raise InvalidInputError(f"listen must be a bool, not {type(listen).__name__}")
+        target = (
+            listener_target(self._source, self._listen_conninfo, self._connect_kwargs)
+            if listen
+            else None
+        )
+        self._workers = [w for w in self._workers if not w.stopped]
+        worker = AsyncWorkflowWorker(
+            self._engine,
+            self._queue,
+            target,
+            concurrency=concurrency,
+            lease=lease,
+            poll_interval=poll_interval,
+            shutdown_timeout=shutdown_timeout,
+            name=name,
+        )
+        self._workers.append(worker)
+        return worker
+
+    async def run_worker(
+        self,
+        *,
+        concurrency: int = 4,
+        lease: float = 30.0,
+        poll_interval: float = 1.0,
+        listen: bool = True,
+        shutdown_timeout: float = 30.0,
+        name: str | None = None,
+    ) -> None:
+        """Process queued work until :meth:`stop_workers` is called (or interrupted),
+        then stop gracefully. See :meth:`worker` for the arguments."""
+        worker = self.worker(
+            concurrency=concurrency,
+            lease=lease,
+            poll_interval=poll_interval,
+            listen=listen,
+            shutdown_timeout=shutdown_timeout,
+            name=name,
+        )
+        await worker.run()
+
+    def stop_workers(self) -> None:
+        """Ask every worker of this service to stop (they finish gracefully)."""
+        for worker in list(self._workers):
+            worker.request_stop()
+
+    async def close(self) -> None:
+        """Stop this service's workers, then release what the service owns."""
+        for worker in list(self._workers):
+            await worker.stop()
+        self._workers.clear()
+        await super().close()
+
+
+def _check_function(fn: object, what: str) -> None:
+    if not callable(fn):
+        raise InvalidInputError(f"{what} must be a function, not {type(fn).__name__}")
+    if True:  # ASYNC
+        pass
+    else:
+        if inspect.iscoroutinefunction(fn):
+            raise InvalidInputError(
+                f"{what} is a coroutine function; the sync service runs plain functions"
+            )
+
+
+def _wire(wire: WorkflowRunWire | Mapping[str, Any]) -> Any:
+    encoded = encode_wire(wire)
+    return None if encoded is None else encoded.obj
+
+
+def _result(run_id: str, outcome: Outcome) -> Any:
+    """The output of a run that ended inline, or the error that says how it ended."""
+    if outcome.status == "completed":
+        return outcome.output
+    error = outcome.error or {}
+    message = str(error.get("message", ""))
+    exc: Exception
+    if outcome.status == "failed":
+        exc = WorkflowFailedError(run_id, f"workflow run {run_id} failed: {message}")
+    elif outcome.status == "suspended":
+        exc = WorkflowSuspendedError(run_id, f"workflow run {run_id} is suspended: {message}")
+    elif outcome.status == "cancelled":
+        exc = WorkflowCancelledError(run_id, f"workflow run {run_id} was cancelled: {message}")
+    else:
+        exc = WorkflowFailedError(run_id, f"workflow run {run_id} could not run ({outcome.status})")
+    # The stored error and its code, for callers that branch on them.
+    setattr(exc, "error", stored_error_dict(error) if error else None)  # noqa: B010
+    setattr(exc, "code", error.get("code"))  # noqa: B010
+    raise exc

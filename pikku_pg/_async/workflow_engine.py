@@ -1,0 +1,653 @@
+"""The replay engine: the workflow context (``do`` / ``sleep`` / ``suspend``) and its
+caching rules.
+
+A replay pass calls the workflow function from the start. Each ``ctx.do`` looks
+its step up by name among the run's stored steps: a step that succeeded returns
+its stored result without running again; a step that was running when its
+worker died runs again as a new attempt (at-least-once); a new step is stored,
+then run. What the pass cannot finish now ends it early with an internal signal:
+a sleep or a retry delay (queued runs come back through a delayed replay job, so
+a sleeping run holds no worker), a queued RPC step (run by a step job on any
+worker), a suspension, a cancellation seen at a step boundary, or a graceful stop
+of the worker.
+
+The engine holds no SQL: it calls the state store's public methods and the queue's
+methods. Inline runs (``run_to_completion``) sleep and wait out retry delays in
+the caller instead of yielding.
+"""
+
+from __future__ import annotations
+
+import inspect
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import TYPE_CHECKING, Any
+
+import psycopg
+
+from pikku_pg._acompat import asleep
+from pikku_pg._async.workflow_queue import AsyncWorkflowQueue, Job
+from pikku_pg._json import jsonb
+from pikku_pg._rows.workflow import serialize_exception
+from pikku_pg._rows.workflow_engine import (
+    NON_DETERMINISTIC,
+    RPC_NOT_FOUND,
+    SUSPENDED,
+    VERSION_CONFLICT,
+    backoff_delay,
+    check_backoff,
+    check_name,
+    check_retries,
+    error_record,
+    exception_record,
+    parse_duration,
+    parse_retry_delay,
+    retry_delay_text,
+    stored_error_dict,
+)
+from pikku_pg.errors import (
+    DatabaseUnavailableError,
+    InvalidInputError,
+    NonDeterminismError,
+    StepExistsError,
+    StepFailedError,
+    WorkflowVersionConflictError,
+)
+from pikku_pg.models.workflow import WorkflowRun, WorkflowRunStep
+
+if TYPE_CHECKING:
+    from pikku_pg._async.workflow_state import AsyncWorkflowStateStore
+
+# async flavour: coroutine functions (plain functions are accepted too);
+# sync flavour: plain functions.
+WorkflowFunction = Callable[..., Any]
+RpcFunction = Callable[..., Any]
+
+
+@dataclass(frozen=True)
+class WorkflowDefinition:
+    """A registered workflow: its function and the version recorded on its runs."""
+
+    name: str
+    fn: WorkflowFunction
+    version: str
+    source: str
+
+
+@dataclass(frozen=True)
+class RpcDefinition:
+    """A registered RPC: a named step function; ``queued`` ones run as step jobs."""
+
+    name: str
+    fn: RpcFunction
+    queued: bool
+
+
+@dataclass
+class Outcome:
+    """How a replay pass ended.
+
+    ``status`` is a run status (``completed``, ``failed``, ``suspended``,
+    ``cancelled``, ``running``) or ``"yielded"`` (the run continues later:
+    ``delay`` seconds, or None when a step job will queue the next replay) or
+    ``"handed_back"`` (the worker is stopping).
+    """
+
+    status: str
+    output: Any = None
+    error: dict[str, Any] | None = None
+    delay: float | None = None
+
+
+# Control flow of a pass: BaseException, so a workflow's ``except Exception`` does
+# not swallow them.
+class _Signal(BaseException):
+    pass
+
+
+class _Suspend(_Signal):
+    def __init__(self, error: dict[str, Any]) -> None:
+        super().__init__(error.get("message", ""))
+        self.error = error
+
+
+class _Yield(_Signal):
+    def __init__(self, delay: float | None) -> None:
+        super().__init__(delay)
+        self.delay = delay
+
+
+class _Cancelled(_Signal):
+    pass
+
+
+class _HandBack(_Signal):
+    pass
+
+
+class _Unavailable(_Signal):
+    """The database failed under the engine: the pass stops, the run is not failed
+    (a worker retries the job; an inline caller gets the error)."""
+
+    def __init__(self, error: Exception) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
+# Errors of the engine's own database calls (not of step functions: those are
+# step failures).
+_DATABASE_DOWN = (psycopg.OperationalError, psycopg.InterfaceError, DatabaseUnavailableError)
+
+
+class _Fatal(_Signal):
+    """Fails the run whatever the workflow catches (non-determinism, bad step values)."""
+
+    def __init__(self, error: dict[str, Any]) -> None:
+        super().__init__(error.get("message", ""))
+        self.error = error
+
+
+async def call(fn: Callable[..., Any], *args: Any) -> Any:
+    """Call a workflow, RPC or step function of this flavour."""
+    result = fn(*args)
+    if True:  # ASYNC
+        if inspect.isawaitable(result):
+            result = await result
+    else:
+        if inspect.isawaitable(result):
+            close = getattr(result, "close", None)
+            if close is not None:
+                close()
+            raise InvalidInputError(
+                f"{getattr(fn, '__qualname__', fn)!r} is a coroutine function; "
+                "the sync service runs plain functions (use AsyncPgWorkflowService)"
+            )
+    return result
+
+
+def _utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def _fatal(exc: BaseException, code: str | None = None) -> _Fatal:
+    record = serialize_exception(exc)
+    if code is not None:
+        record["code"] = code
+    return _Fatal(record)
+
+
+@dataclass
+class _Pass:
+    """What one replay pass knows: the run, its steps by name, how it runs."""
+
+    run: WorkflowRun
+    steps: dict[str, WorkflowRunStep]
+    inline: bool
+    should_stop: Callable[[], bool] | None
+    suspend_count: int = 0
+    last_check: float = field(default_factory=time.monotonic)
+
+
+class AsyncWorkflowContext:
+    """What a workflow function receives: durable steps, sleeps, suspension, run state.
+
+    Step names are the cache keys: within a run, a name always means the same step.
+    """
+
+    def __init__(self, engine: AsyncReplayEngine, state: _Pass) -> None:
+        self._engine = engine
+        self._state = state
+
+    @property
+    def run_id(self) -> str:
+        """The id of the run."""
+        return self._state.run.id
+
+    @property
+    def workflow_name(self) -> str:
+        """The name of the workflow being run."""
+        return self._state.run.workflow
+
+    @property
+    def input(self) -> Any:
+        """The input the run was started with."""
+        return self._state.run.input
+
+    async def do(
+        self,
+        step_name: str,
+        fn_or_rpc_name: str | Callable[..., Any],
+        data: Any = None,
+        *,
+        retries: int | None = None,
+        retry_delay: float | str | None = None,
+        backoff: str = "fixed",
+    ) -> Any:
+        """Run a step once per run and return its (stored) result.
+
+        ``fn_or_rpc_name`` is a callable (called as ``fn(data)``) or the name of a
+        registered RPC. A replay returns the stored result without running it
+        again. ``retries`` more attempts follow a failure, ``retry_delay`` apart
+        (seconds or ``"2s"``; ``backoff="exponential"`` doubles it per attempt).
+        When no attempt is left this raises :class:`StepFailedError`. An RPC name
+        that is not registered suspends the run with code ``RPC_NOT_FOUND``.
+        """
+        try:
+            return await self._engine.do_step(
+                self._state, step_name, fn_or_rpc_name, data, retries, retry_delay, backoff
+            )
+        except _DATABASE_DOWN as exc:
+            raise _Unavailable(exc) from exc
+
+    async def sleep(self, step_name: str, duration: float | str) -> None:
+        """Sleep durably: seconds, or ``"500ms"``, ``"2s"``, ``"5m"``, ``"1h"``, ``"1d"``.
+
+        A queued run is parked (no worker held) and replayed when the time is up.
+        """
+        try:
+            await self._engine.sleep_step(self._state, step_name, duration)
+        except _DATABASE_DOWN as exc:
+            raise _Unavailable(exc) from exc
+
+    async def suspend(self, reason: str) -> None:
+        """Park the run (status ``suspended``) until ``resume_run`` is called.
+
+        After the resume, the replay passes this call and continues.
+        """
+        try:
+            await self._engine.suspend_step(self._state, reason)
+        except _DATABASE_DOWN as exc:
+            raise _Unavailable(exc) from exc
+
+    async def update_run_state(self, name: str, value: Any) -> None:
+        """Set one named value of the run's state."""
+        try:
+            await self._engine.store.update_run_state(self.run_id, name, value)
+        except _DATABASE_DOWN as exc:
+            raise _Unavailable(exc) from exc
+
+    async def get_run_state(self) -> dict[str, Any]:
+        """The run's state values by name."""
+        try:
+            return await self._engine.store.get_run_state(self.run_id)
+        except _DATABASE_DOWN as exc:
+            raise _Unavailable(exc) from exc
+
+
+class AsyncReplayEngine:
+    """Runs replay passes and queued step jobs over a state store and a queue."""
+
+    #: Seconds between two checks for a cancellation of the run at the boundaries
+    #: that do not store a new step (a new step is only stored while the run runs).
+    cancel_check_interval: float = 0.0
+
+    def __init__(
+        self,
+        store: AsyncWorkflowStateStore,
+        queue: AsyncWorkflowQueue,
+        workflows: Mapping[str, WorkflowDefinition],
+        rpcs: Mapping[str, RpcDefinition],
+    ) -> None:
+        self.store = store
+        self.queue = queue
+        self._workflows = workflows
+        self._rpcs = rpcs
+
+    # ------------------------------------------------------------------ passes
+
+    async def replay(
+        self,
+        run_id: str,
+        *,
+        inline: bool,
+        job: Job | None = None,
+        should_stop: Callable[[], bool] | None = None,
+        run: WorkflowRun | None = None,
+        fresh: bool = False,
+    ) -> Outcome:
+        """Run one replay pass of a run and record how it ended.
+
+        ``job``: the claimed replay job (acked, or rescheduled for a sleep). ``run``
+        and ``fresh`` (a run just created, so without steps) save round trips.
+        """
+        if run is None:
+            run = await self.store.get_run(run_id)
+        if run is None or run.status != "running":
+            if job is not None:
+                await self.queue.ack(job)
+            if run is None:
+                return Outcome("missing")
+            return Outcome(run.status, run.output, stored_error_dict(run.error))
+        workflow = self._workflows.get(run.workflow)
+        if workflow is None:
+            # Not deployed on this process: another worker (or a later deploy) runs it.
+            if job is not None:
+                await self.queue.reschedule(
+                    job, 5.0, error_record(f"workflow {run.workflow!r} is not registered here")
+                )
+            return Outcome("yielded", delay=5.0)
+        if run.graph_hash is not None and run.graph_hash != workflow.version:
+            exc = WorkflowVersionConflictError(
+                f"run {run.id} was started by version {run.graph_hash} of workflow "
+                f"{run.workflow!r}; the registered code is version {workflow.version}"
+            )
+            error = serialize_exception(exc)
+            error["code"] = VERSION_CONFLICT
+            return await self._settle(run.id, Outcome("failed", error=error), job)
+        steps = {} if fresh else {s.step_name: s for s in await self.store.get_run_steps(run.id)}
+        state = _Pass(run, steps, inline, should_stop)
+        ctx = AsyncWorkflowContext(self, state)
+        try:
+            output = await call(workflow.fn, ctx, run.input)
+            jsonb(output)
+            outcome = Outcome("completed", output=output)
+        except _Suspend as sig:
+            outcome = Outcome("suspended", error=sig.error)
+        except _Yield as sig:
+            outcome = Outcome("yielded", delay=sig.delay)
+        except _Cancelled:
+            outcome = Outcome("cancelled")
+        except _HandBack:
+            outcome = Outcome("handed_back")
+        except _Fatal as sig:
+            outcome = Outcome("failed", error=sig.error)
+        except _Unavailable as sig:
+            raise sig.error from None
+        except InvalidInputError as exc:
+            outcome = Outcome("failed", error=exception_record(exc))
+            if "JSON" in str(exc) and outcome.error is not None:
+                outcome.error["message"] = f"workflow output is not storable: {exc}"
+        except Exception as exc:
+            outcome = Outcome("failed", error=exception_record(exc))
+        return await self._settle(run.id, outcome, job)
+
+    async def _settle(self, run_id: str, outcome: Outcome, job: Job | None) -> Outcome:
+        """Store how a pass ended (run status, job ack or reschedule)."""
+        if outcome.status in ("completed", "failed", "suspended"):
+            done = await self.queue.finish_run(
+                run_id, outcome.status, output=outcome.output, error=outcome.error, job=job
+            )
+            if not done:  # cancelled (or finished) meanwhile: that status stands
+                run = await self.store.get_run(run_id)
+                if run is not None:
+                    return Outcome(run.status, run.output, stored_error_dict(run.error))
+            return outcome
+        if job is None:
+            return outcome
+        if outcome.status == "yielded" and outcome.delay is not None:
+            await self.queue.reschedule(job, outcome.delay)
+        elif outcome.status == "handed_back":
+            await self.queue.reschedule(job, 0.0)
+        else:  # cancelled, or waiting for a step job that queues the next replay
+            await self.queue.ack(job)
+        return outcome
+
+    # ------------------------------------------------------------- boundaries
+
+    async def _boundary(self, state: _Pass, *, check_db: bool = True) -> None:
+        """Before a step runs: stop for a graceful worker stop or a cancellation."""
+        if state.should_stop is not None and state.should_stop():
+            raise _HandBack()
+        if not check_db:
+            return
+        now = time.monotonic()
+        if now - state.last_check >= self.cancel_check_interval:
+            state.last_check = now
+            if await self.queue.run_status(state.run.id) != "running":
+                raise _Cancelled()
+
+    # ------------------------------------------------------------------ steps
+
+    async def do_step(
+        self,
+        state: _Pass,
+        step_name: str,
+        target: str | Callable[..., Any],
+        data: Any,
+        retries: int | None,
+        retry_delay: float | str | None,
+        backoff: str,
+    ) -> Any:
+        name = check_name("step", step_name)
+        n_retries = check_retries(retries)
+        delay_text = retry_delay_text(retry_delay)
+        backoff = check_backoff(backoff)
+        rpc: RpcDefinition | None = None
+        if isinstance(target, str):
+            rpc_name: str | None = check_name("RPC", target)
+            rpc = self._rpcs.get(target)
+        elif callable(target):
+            rpc_name = None
+        else:
+            raise InvalidInputError(
+                f"step {name!r}: expected a callable or an RPC name, not {type(target).__name__}"
+            )
+        step = state.steps.get(name)
+        if step is not None:
+            if step.rpc_name != rpc_name:
+                raise _fatal(
+                    NonDeterminismError(
+                        f"step {name!r} of run {state.run.id} was recorded with "
+                        f"{_describe(step.rpc_name)}, but the workflow now asks for "
+                        f"{_describe(rpc_name)}: the code changed under a running run"
+                    ),
+                    NON_DETERMINISTIC,
+                )
+            if step.status == "succeeded":
+                return step.result
+            if step.status == "failed" and step.attempt_count >= 1 + (step.retries or 0):
+                raise StepFailedError(name, stored_error_dict(step.error))
+        if rpc_name is not None and rpc is None:
+            raise _Suspend(
+                error_record(
+                    f"step {name!r}: no RPC named {rpc_name!r} is registered "
+                    "(deploy it, then resume the run)",
+                    code=RPC_NOT_FOUND,
+                    name="RpcNotFoundError",
+                )
+            )
+        if step is None:
+            await self._boundary(state, check_db=False)
+            queued = rpc is not None and rpc.queued and not state.inline
+            try:
+                if queued:
+                    created = await self.store.insert_step_state(
+                        state.run.id,
+                        name,
+                        rpc_name,
+                        data,
+                        retries=n_retries,
+                        retry_delay=delay_text,
+                    )
+                    step_id: str | None = created.step_id
+                else:
+                    # Checks the run is still running, stores the step as running.
+                    step_id = await self.queue.begin_step(
+                        state.run.id,
+                        name,
+                        rpc_name,
+                        data,
+                        retries=n_retries,
+                        retry_delay=delay_text,
+                    )
+                    if step_id is None:
+                        raise _Cancelled()
+            except InvalidInputError as exc:
+                raise _Fatal(
+                    error_record(f"step {name!r}: {exc}", name="InvalidInputError")
+                ) from None
+            except StepExistsError as exc:
+                # Another pass stored it meanwhile (a worker that lost its lease):
+                # stop this pass; the job runs again with the stored steps.
+                raise _Unavailable(exc) from None
+            assert step_id is not None
+            attempt = 1
+            status = "pending" if queued else "started"
+        else:
+            await self._boundary(state)
+            step_id, attempt, status = step.step_id, step.attempt_count, step.status
+            data = step.data
+        if rpc is not None and rpc.queued and not state.inline:
+            if status == "pending":
+                await self.store.set_step_scheduled(step_id)
+            # Idempotent: one job per step; the step job queues the next replay.
+            await self.queue.enqueue_step(state.run.id, name)
+            raise _Yield(None)
+        fn: Callable[..., Any] = rpc.fn if rpc is not None else target  # type: ignore[assignment]
+        base_delay = parse_retry_delay(delay_text)
+        if status == "scheduled":
+            # A retry waiting for its delay: run it once the delay is over.
+            assert step is not None
+            wait = backoff_delay(base_delay, attempt - 1, backoff)
+            remaining = (step.updated_at.timestamp() + wait) - _utcnow().timestamp()
+            if remaining > 0:
+                if not state.inline:
+                    raise _Yield(remaining)
+                await asleep(remaining)
+            await self.store.set_step_running(step_id)
+        elif status in ("running", "failed"):
+            # Running: its worker died mid-attempt. Failed: the retry was not
+            # recorded yet. Either way: a new attempt.
+            attempt = (await self.store.create_retry_attempt(step_id, "running")).attempt_count
+        elif status != "started":
+            await self.store.set_step_running(step_id)
+        while True:
+            try:
+                result = await call(fn, data)
+            except Exception as exc:
+                await self.store.set_step_error(step_id, exc)
+                if attempt >= 1 + n_retries:
+                    raise StepFailedError(name, serialize_exception(exc)) from exc
+                wait = backoff_delay(base_delay, attempt, backoff)
+                if wait > 0 and not state.inline:
+                    await self.store.create_retry_attempt(step_id, "pending")
+                    await self.store.set_step_scheduled(step_id)
+                    raise _Yield(wait) from None
+                if wait > 0:
+                    await asleep(wait)
+                await self._boundary(state)
+                attempt = (await self.store.create_retry_attempt(step_id, "running")).attempt_count
+                continue
+            try:
+                await self.store.set_step_result(step_id, result)
+            except InvalidInputError as exc:
+                error = error_record(
+                    f"step {name!r} returned a value that cannot be stored: {exc}",
+                    name="InvalidInputError",
+                )
+                await self.store.set_step_error(step_id, error)
+                raise _Fatal(error) from None
+            return result
+
+    async def sleep_step(self, state: _Pass, step_name: str, duration: float | str) -> None:
+        name = check_name("step", step_name)
+        seconds = parse_duration(duration)
+        step = state.steps.get(name)
+        if step is not None:
+            if step.rpc_name is not None:
+                raise _fatal(
+                    NonDeterminismError(
+                        f"step {name!r} of run {state.run.id} was recorded with "
+                        f"{_describe(step.rpc_name)}, but the workflow now sleeps there"
+                    ),
+                    NON_DETERMINISTIC,
+                )
+            if step.status == "succeeded":
+                return
+        await self._boundary(state)
+        if step is None or step.status != "scheduled":
+            if step is None:
+                created = await self.store.insert_step_state(
+                    state.run.id, name, None, {"sleepMs": seconds * 1000.0}
+                )
+                step_id = created.step_id
+            else:
+                step_id = step.step_id
+            await self.store.set_step_scheduled(step_id)
+            remaining = seconds
+        else:
+            step_id = step.step_id
+            remaining = step.updated_at.timestamp() + seconds - _utcnow().timestamp()
+        if remaining > 0:
+            if not state.inline:
+                raise _Yield(remaining)
+            await asleep(remaining)
+        await self.store.set_step_running(step_id)
+        await self.store.set_step_result(step_id, None)
+
+    async def suspend_step(self, state: _Pass, reason: str) -> None:
+        if not isinstance(reason, str):
+            raise InvalidInputError(f"reason must be a str, not {type(reason).__name__}")
+        state.suspend_count += 1
+        name = f"$suspend:{state.suspend_count}"
+        step = state.steps.get(name)
+        if step is not None:
+            if step.status != "succeeded":
+                # This pass runs because the run was resumed.
+                await self.store.set_step_running(step.step_id)
+                await self.store.set_step_result(step.step_id, None)
+            return
+        await self._boundary(state)
+        await self.store.insert_step_state(state.run.id, name, None, {"reason": reason})
+        raise _Suspend(error_record(reason, code=SUSPENDED, name="WorkflowSuspended"))
+
+    # -------------------------------------------------------------- step jobs
+
+    async def run_step_job(self, job: Job, should_stop: Callable[[], bool] | None = None) -> None:
+        """Run one queued RPC step, then queue a replay of its run."""
+        assert job.step_name is not None
+        if await self.queue.run_status(job.run_id) != "running":
+            await self.queue.ack(job)
+            return
+        steps = await self.store.get_run_steps(job.run_id)
+        step = next((s for s in steps if s.step_name == job.step_name), None)
+        if step is None or step.status == "succeeded" or step.rpc_name is None:
+            await self.queue.enqueue_replay(job.run_id)
+            await self.queue.ack(job)
+            return
+        rpc = self._rpcs.get(step.rpc_name)
+        if rpc is None:
+            # The replay finds it missing and suspends the run with RPC_NOT_FOUND.
+            await self.queue.enqueue_replay(job.run_id)
+            await self.queue.ack(job)
+            return
+        if step.status == "failed" and step.attempt_count >= 1 + (step.retries or 0):
+            await self.queue.enqueue_replay(job.run_id)
+            await self.queue.ack(job)
+            return
+        if should_stop is not None and should_stop():
+            await self.queue.reschedule(job, 0.0)
+            return
+        if step.status in ("running", "failed"):
+            attempt = (await self.store.create_retry_attempt(step.step_id, "running")).attempt_count
+        else:
+            attempt = step.attempt_count
+            await self.store.set_step_running(step.step_id)
+        try:
+            result = await call(rpc.fn, step.data)
+        except Exception as exc:
+            await self.store.set_step_error(step.step_id, exc)
+            if attempt < 1 + (step.retries or 0):
+                await self.store.create_retry_attempt(step.step_id, "pending")
+                await self.store.set_step_scheduled(step.step_id)
+                await self.queue.reschedule(job, parse_retry_delay(step.retry_delay))
+                return
+        else:
+            try:
+                await self.store.set_step_result(step.step_id, result)
+            except InvalidInputError as exc:
+                await self.store.set_step_error(
+                    step.step_id,
+                    error_record(
+                        f"step {job.step_name!r} returned a value that cannot be stored: {exc}",
+                        name="InvalidInputError",
+                    ),
+                )
+        await self.queue.enqueue_replay(job.run_id)
+        await self.queue.ack(job)
+
+
+def _describe(rpc_name: str | None) -> str:
+    return "an inline function" if rpc_name is None else f"RPC {rpc_name!r}"

@@ -1,0 +1,168 @@
+"""Read-only queries of workflow runs for a console (``AsyncPgWorkflowRunService``).
+
+The module-level ``fetch_*`` functions are the reads shared with the workflow
+state store, so both services answer them with the same statements.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, ClassVar
+
+from psycopg.rows import dict_row, tuple_row
+
+from pikku_pg._async._database import AsyncDatabase, ConnectionSource
+from pikku_pg._async._service import AsyncPgService
+from pikku_pg._json import check_text
+from pikku_pg._rows.workflow import (
+    check_int,
+    check_workflow_status,
+    history_from_row,
+    maybe_run_uuid,
+    run_from_row,
+    run_step_from_row,
+    version_from_row,
+)
+from pikku_pg._sql.workflow import WORKFLOW, WorkflowQueries, workflow_queries
+from pikku_pg.errors import WorkflowRunNotFoundError
+from pikku_pg.migrations import Component
+from pikku_pg.models.workflow import (
+    WorkflowRun,
+    WorkflowRunStep,
+    WorkflowStatus,
+    WorkflowStepHistory,
+    WorkflowVersion,
+)
+
+
+async def fetch_run(db: AsyncDatabase, q: WorkflowQueries, run_id: object) -> WorkflowRun | None:
+    """The run ``run_id``, or None (also for text that is not a UUID)."""
+    rid = maybe_run_uuid(run_id)
+    if rid is None:
+        return None
+    row = await db.fetch_one(q.get_run, {"run_id": rid}, row_factory=dict_row)
+    return None if row is None else run_from_row(row)
+
+
+async def fetch_run_steps(
+    db: AsyncDatabase, q: WorkflowQueries, run_id: object
+) -> list[WorkflowRunStep]:
+    """The steps of a run in creation order, with attempt counts (one round trip)."""
+    rid = maybe_run_uuid(run_id)
+    rows = (
+        []
+        if rid is None
+        else await db.fetch_all(q.get_run_steps, {"run_id": rid}, row_factory=tuple_row)
+    )
+    if not rows:
+        raise WorkflowRunNotFoundError(run_id)
+    # Column 3 is the step id: NULL on the one row of a run without steps.
+    return [run_step_from_row(r) for r in rows if r[3] is not None]
+
+
+async def fetch_run_history(
+    db: AsyncDatabase, q: WorkflowQueries, run_id: object
+) -> list[WorkflowStepHistory]:
+    """Every attempt of every step of a run, oldest first (one round trip)."""
+    rid = maybe_run_uuid(run_id)
+    rows = (
+        []
+        if rid is None
+        else await db.fetch_all(q.get_run_history, {"run_id": rid}, row_factory=dict_row)
+    )
+    if not rows:
+        raise WorkflowRunNotFoundError(run_id)
+    return [history_from_row(r) for r in rows if r["workflow_step_id"] is not None]
+
+
+async def fetch_workflow_version(
+    db: AsyncDatabase, q: WorkflowQueries, name: object, graph_hash: object
+) -> WorkflowVersion | None:
+    """The stored graph and source of a workflow version, or None."""
+    params = {
+        "name": check_text("workflow name", name),
+        "graph_hash": check_text("graph_hash", graph_hash),
+    }
+    row = await db.fetch_one(q.get_version, params, row_factory=dict_row)
+    return None if row is None else version_from_row(row)
+
+
+class AsyncPgWorkflowRunService(AsyncPgService):
+    """Read-only queries of workflow runs, steps and history (and ``delete_run``).
+
+    ``AsyncPgWorkflowRunService(conn, schema="pikku_workflow")``; ``conn`` is a
+    conninfo string, a pool or a connection (see :class:`AsyncPgService`).
+    """
+
+    components: ClassVar[tuple[Component, ...]] = (WORKFLOW,)
+    default_schema: ClassVar[str] = "pikku_workflow"
+
+    def __init__(
+        self,
+        conn: ConnectionSource,
+        schema: str | None = None,
+        *,
+        connect_kwargs: Mapping[str, Any] | None = None,
+        pool_kwargs: Mapping[str, Any] | None = None,
+    ) -> None:
+        super().__init__(conn, schema, connect_kwargs=connect_kwargs, pool_kwargs=pool_kwargs)
+        self._q = workflow_queries(self._schema)
+
+    async def list_runs(
+        self,
+        *,
+        workflow_name: str | None = None,
+        status: WorkflowStatus | None = None,
+        limit: int = 50,
+        offset: int = 0,
+    ) -> list[WorkflowRun]:
+        """Runs newest first, optionally of one workflow and/or in one status."""
+        params: dict[str, Any] = {
+            "limit": check_int("limit", limit, maximum=2**63 - 1),
+            "offset": check_int("offset", offset, maximum=2**63 - 1),
+        }
+        if workflow_name is not None:
+            params["workflow"] = check_text("workflow_name", workflow_name)
+        if status is not None:
+            params["status"] = check_workflow_status(status)
+        q = self._q
+        if workflow_name is not None:
+            query = q.list_runs_by_both if status is not None else q.list_runs_by_workflow
+        else:
+            query = q.list_runs_by_status if status is not None else q.list_runs
+        rows = await self._db.fetch_all(query, params, row_factory=dict_row)
+        return [run_from_row(r) for r in rows]
+
+    async def get_run(self, run_id: str) -> WorkflowRun | None:
+        """A run by id, or None."""
+        return await fetch_run(self._db, self._q, run_id)
+
+    async def get_run_steps(self, run_id: str) -> list[WorkflowRunStep]:
+        """The steps of a run in the order they were created, with attempt counts.
+
+        Raises :class:`WorkflowRunNotFoundError` for an unknown run.
+        """
+        return await fetch_run_steps(self._db, self._q, run_id)
+
+    async def get_run_history(self, run_id: str) -> list[WorkflowStepHistory]:
+        """Every attempt of every step, oldest first (``attempt_count`` = attempt number).
+
+        Raises :class:`WorkflowRunNotFoundError` for an unknown run.
+        """
+        return await fetch_run_history(self._db, self._q, run_id)
+
+    async def get_distinct_workflow_names(self) -> list[str]:
+        """The names of the workflows that have runs, sorted."""
+        rows = await self._db.fetch_all(self._q.distinct_workflow_names, row_factory=tuple_row)
+        return [r[0] for r in rows]
+
+    async def get_workflow_version(self, name: str, graph_hash: str) -> WorkflowVersion | None:
+        """The graph and source stored for a workflow version, or None."""
+        return await fetch_workflow_version(self._db, self._q, name, graph_hash)
+
+    async def delete_run(self, run_id: str) -> bool:
+        """Delete a run with its steps and their history; whether it existed."""
+        rid = maybe_run_uuid(run_id)
+        if rid is None:
+            return False
+        return await self._db.execute(self._q.delete_run, {"run_id": rid}) > 0
