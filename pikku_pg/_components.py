@@ -26,6 +26,7 @@ class ComponentInfo:
 #: Every component of the library, in the order the demo and ``migrate`` apply them.
 COMPONENTS: tuple[ComponentInfo, ...] = (
     ComponentInfo("ai", "pikku_pg._sql.ai", "pikku_ai"),
+    ComponentInfo("workflow", "pikku_pg._sql.workflow", "pikku_workflow"),
     ComponentInfo("channel", "pikku_pg._sql.channel", "pikku"),
     ComponentInfo("deployment", "pikku_pg._sql.deployment", "pikku"),
 )

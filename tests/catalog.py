@@ -98,7 +98,8 @@ def catalog_differences(
                 ", ".join(spec["primary_key"]["columns"])
             )
         }
-        keys |= {name: fk["definition"] for name, fk in spec["foreign_keys"].items()}
+        for kind in ("foreign_keys", "unique", "checks"):
+            keys |= {name: c["definition"] for name, c in spec[kind].items()}
         for name, definition in keys.items():
             got_key = found["constraints"].get((table, name))
             if got_key != ours(definition):
@@ -110,9 +111,6 @@ def catalog_differences(
                 problems.append(
                     f"index {name}: expected {definition}, found {found['indexes'].get(name)}"
                 )
-        for kind in ("unique", "checks"):
-            if spec[kind]:
-                problems.append(f"{table}: catalog {kind} not compared: {spec[kind]}")
         for (t, column), (_, _, nullable, default) in found["columns"].items():
             fillable = nullable == "YES" or default is not None or (t, column) in found["identity"]
             if t == table and column not in spec["columns"] and not fillable:

@@ -8,8 +8,9 @@ make idle executors claim at once. Idle executors otherwise wake up every
 
 Stopping is graceful: executors finish the step in hand and hand their run back
 (the job becomes due at once, so another worker takes it without waiting for the
-lease to run out); whatever is still running after ``shutdown_timeout`` is
-cancelled (async) and handed back.
+lease to run out). Async executors still running after ``shutdown_timeout`` are
+cancelled and their jobs handed back; a sync executor thread cannot be cancelled,
+so its job is taken over once its lease runs out.
 """
 
 from __future__ import annotations
@@ -163,11 +164,17 @@ class AsyncWorkflowWorker:
         await agather(*self._tasks, timeout=self.shutdown_timeout)
         self._executors_done.set()
         await agather(*self._service_tasks, timeout=self.poll_interval + 5.0)
-        with self._held_lock:
-            tokens = list(self._held)
-        if tokens:
-            with contextlib.suppress(psycopg.Error, DatabaseUnavailableError):
-                await self._queue.release(tokens)
+        if True:  # ASYNC
+            # Executors still running were cancelled: hand their jobs back now.
+            with self._held_lock:
+                tokens = list(self._held)
+            if tokens:
+                with contextlib.suppress(psycopg.Error, DatabaseUnavailableError):
+                    await self._queue.release(tokens)
+        else:
+            # A thread cannot be cancelled: its job keeps its lease, which runs out
+            # (the heartbeat has stopped) unless the thread finishes first.
+            pass
         self._stopped.set()
 
     @property

@@ -522,3 +522,5 @@ assert set(_TEMPLATES) == {f.name for f in fields(WorkflowQueries)}
 def workflow_queries(schema: str) -> WorkflowQueries:
     """Render every workflow statement for ``schema`` (validated by the caller)."""
     return WorkflowQueries(**{name: render(sql, schema) for name, sql in _TEMPLATES.items()})
+
+COMPONENT = WORKFLOW

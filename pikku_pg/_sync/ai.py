@@ -27,6 +27,7 @@ from pikku_pg.errors import (
     ThreadNotFoundError,
 )
 from pikku_pg.migrations import Component
+from pikku_pg.models._base import trusted
 from pikku_pg.models.ai import (
     AgentRunApproval,
     AgentRunInput,
@@ -104,7 +105,7 @@ class PgAIStorageService(PgService):
         with rows.translate_errors(f"create_thread({new_id!r})"):
             row = self._db.fetch_one(self._create_thread, params, row_factory=tuple_row)
         assert row is not None
-        return rows.trusted(
+        return trusted(
             AIThread,
             id=new_id,
             resource_id=resource_id,

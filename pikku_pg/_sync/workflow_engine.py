@@ -338,8 +338,6 @@ class ReplayEngine:
         ctx = WorkflowContext(self, state)
         try:
             output = call(workflow.fn, ctx, run.input)
-            jsonb(output)
-            outcome = Outcome("completed", output=output)
         except _Suspend as sig:
             outcome = Outcome("suspended", error=sig.error)
         except _Yield as sig:
@@ -352,12 +350,19 @@ class ReplayEngine:
             outcome = Outcome("failed", error=sig.error)
         except _Unavailable as sig:
             raise sig.error from None
-        except InvalidInputError as exc:
-            outcome = Outcome("failed", error=exception_record(exc))
-            if "JSON" in str(exc) and outcome.error is not None:
-                outcome.error["message"] = f"workflow output is not storable: {exc}"
         except Exception as exc:
             outcome = Outcome("failed", error=exception_record(exc))
+        else:
+            try:
+                jsonb(output)
+                outcome = Outcome("completed", output=output)
+            except InvalidInputError as exc:
+                outcome = Outcome(
+                    "failed",
+                    error=error_record(
+                        f"the workflow output cannot be stored: {exc}", name="InvalidInputError"
+                    ),
+                )
         return self._settle(run.id, outcome, job)
 
     def _settle(self, run_id: str, outcome: Outcome, job: Job | None) -> Outcome:
@@ -372,6 +377,10 @@ class ReplayEngine:
                     return Outcome(run.status, run.output, stored_error_dict(run.error))
             return outcome
         if job is None:
+            if outcome.status == "cancelled":
+                run = self.store.get_run(run_id)
+                if run is not None and run.error is not None:
+                    outcome.error = stored_error_dict(run.error)
             return outcome
         if outcome.status == "yielded" and outcome.delay is not None:
             self.queue.reschedule(job, outcome.delay)

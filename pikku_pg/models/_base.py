@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any, TypeVar
+
 from pydantic import BaseModel, ConfigDict
 from pydantic.alias_generators import to_camel
 
@@ -20,3 +22,28 @@ class PikkuModel(BaseModel):
         validate_by_alias=True,
         extra="ignore",
     )
+
+
+_Model = TypeVar("_Model", bound=BaseModel)
+_ALL_FIELDS: dict[type[BaseModel], set[str]] = {}
+_set = object.__setattr__
+
+
+def trusted(cls: type[_Model], /, **values: Any) -> _Model:
+    """A model from values the database just returned, without validation.
+
+    What ``model_construct`` does for a model without extras or private
+    attributes, minus its per-field default and alias lookups: several times
+    faster, which matters for a read of 1,000 rows. ``values`` must name every
+    field; the instances share one fields-set, which already holds every name
+    (pydantic only ever adds to it).
+    """
+    fields_set = _ALL_FIELDS.get(cls)
+    if fields_set is None:
+        fields_set = _ALL_FIELDS[cls] = set(cls.model_fields)
+    instance = cls.__new__(cls)
+    _set(instance, "__dict__", values)
+    _set(instance, "__pydantic_fields_set__", fields_set)
+    _set(instance, "__pydantic_extra__", None)
+    _set(instance, "__pydantic_private__", None)
+    return instance

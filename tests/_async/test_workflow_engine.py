@@ -325,7 +325,7 @@ async def test_cancel_stops_an_inline_run_at_the_next_step(wf: AsyncPgWorkflowSe
         await ctx.do("first", first)
         await ctx.do("second", second)
 
-    with pytest.raises(WorkflowCancelledError) as info:
+    with pytest.raises(WorkflowCancelledError, match="changed my mind") as info:
         await wf.run_to_completion("cancellable", None)
     outcome["run"] = await wf.get_run(info.value.run_id)
     assert ran == ["first"]

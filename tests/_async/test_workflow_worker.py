@@ -393,3 +393,40 @@ async def test_workers_recover_when_their_connections_die(
         await observer.close()
     assert {r.status for r in runs} == {"completed"}
     assert {tuple(r.output) for r in runs} == {("a", "b", "c")}
+
+
+async def test_the_heartbeat_keeps_a_long_step_from_being_taken(
+    pg_dsn: str, schema_name: str
+) -> None:
+    """A step longer than the lease: the lease is extended, no other worker runs it."""
+    ran: list[str] = []
+    services = [AsyncPgWorkflowService(pg_dsn, schema_name) for _ in range(2)]
+    await services[0].init()
+    for service in services:
+
+        @service.workflow("long step", version="1")
+        async def long_step(ctx: AsyncWorkflowContext, _: Any) -> str:
+            async def slow(_: Any) -> str:
+                ran.append("slow")
+                await asleep(1.2)
+                return "done"
+
+            result: str = await ctx.do("slow", slow)
+            return result
+
+    fast = {"lease": 0.5, "poll_interval": 0.05, "shutdown_timeout": 5.0}
+    try:
+        async with services[0].worker(concurrency=1, **fast):
+            run_id = await services[0].start_workflow("long step", None)
+
+            async def started() -> bool:
+                return bool(ran)
+
+            await _wait_until(started)
+            async with services[1].worker(concurrency=1, **fast):
+                run = await services[0].wait_for_run(run_id, timeout=10)
+    finally:
+        for service in services:
+            await service.close()
+    assert run.status == "completed" and run.output == "done"
+    assert ran == ["slow"]

@@ -324,7 +324,7 @@ def test_cancel_stops_an_inline_run_at_the_next_step(wf: PgWorkflowService) -> N
         ctx.do("first", first)
         ctx.do("second", second)
 
-    with pytest.raises(WorkflowCancelledError) as info:
+    with pytest.raises(WorkflowCancelledError, match="changed my mind") as info:
         wf.run_to_completion("cancellable", None)
     outcome["run"] = wf.get_run(info.value.run_id)
     assert ran == ["first"]

@@ -3,9 +3,7 @@
 
 from __future__ import annotations
 
-import json
 from datetime import datetime, timezone
-from pathlib import Path
 from typing import Any
 
 from psycopg import Connection
@@ -13,19 +11,9 @@ from psycopg import Connection
 from pikku_pg import PgWorkflowRunService, PgWorkflowService
 from pikku_pg._sql.workflow import V1_TYPESCRIPT_DDL, WORKFLOW
 from pikku_pg.migrations import render_sql
+from tests.catalog import catalog_differences
 
-CATALOG = Path(__file__).resolve().parents[3] / "shared" / "interop" / "ts-catalog.json"
 TS_SCHEMA = "pikku_workflow"
-
-
-def _ts_catalog() -> dict[str, Any]:
-    data: dict[str, Any] = json.loads(CATALOG.read_text())
-    return data["schemas"][TS_SCHEMA]
-
-
-def _rows(conn: Connection[Any], query: str, params: Any = None) -> list[Any]:
-    cur = conn.execute(query, params)
-    return cur.fetchall()
 
 
 def test_schema_matches_typescript_catalog(
@@ -37,82 +25,18 @@ def test_schema_matches_typescript_catalog(
         assert wf.init() == []
     finally:
         wf.close()
-    ts = _ts_catalog()
-
-    def ours(text: str | None) -> str | None:
-        return None if text is None else text.replace(f"{TS_SCHEMA}.", f"{schema_name}.")
-
-    enums = _rows(
-        admin_conn,
-        "SELECT t.typname, array_agg(e.enumlabel ORDER BY e.enumsortorder)"
-        " FROM pg_type t JOIN pg_enum e ON e.enumtypid = t.oid"
-        " JOIN pg_namespace n ON n.oid = t.typnamespace WHERE n.nspname = %s GROUP BY 1",
-        (schema_name,),
-    )
-    assert dict(enums) == ts["enums"]
-
-    for table, spec in ts["tables"].items():
-        columns = {
-            r[0]: r[1:]
-            for r in _rows(
-                admin_conn,
-                "SELECT column_name, column_default, data_type, is_nullable, udt_name"
-                " FROM information_schema.columns WHERE table_schema = %s AND table_name = %s",
-                (schema_name, table),
-            )
-        }
-        for name, col in spec["columns"].items():
-            assert name in columns, f"{table}.{name} missing"
-            expected = (
-                ours(col["column_default"]),
-                col["data_type"],
-                col["is_nullable"],
-                col["udt_name"],
-            )
-            assert columns[name] == expected, f"{table}.{name}"
-
-        indexes = dict(
-            _rows(
-                admin_conn,
-                "SELECT indexname, indexdef FROM pg_indexes"
-                " WHERE schemaname = %s AND tablename = %s",
-                (schema_name, table),
-            )
-        )
-        for name, definition in spec["indexes"].items():
-            assert indexes.get(name) == ours(definition), f"index {name}"
-
-        constraints = {
-            r[0]: (r[1], r[2])
-            for r in _rows(
-                admin_conn,
-                "SELECT c.conname, c.contype::text, pg_get_constraintdef(c.oid)"
-                " FROM pg_constraint c JOIN pg_class t ON t.oid = c.conrelid"
-                " JOIN pg_namespace n ON n.oid = t.relnamespace"
-                " WHERE n.nspname = %s AND t.relname = %s",
-                (schema_name, table),
-            )
-        }
-        assert constraints[spec["primary_key"]["name"]][0] == "p"
-        for name, unique in spec["unique"].items():
-            assert constraints[name] == ("u", unique["definition"])
-        for name, fk in spec["foreign_keys"].items():
-            assert constraints[name] == ("f", ours(fk["definition"]))
-
+    assert catalog_differences(pg_dsn, TS_SCHEMA, schema_name) == []
     # The indexes our queries need exist too.
-    ours_only = {
-        r[0]
-        for r in _rows(
-            admin_conn, "SELECT indexname FROM pg_indexes WHERE schemaname = %s", (schema_name,)
-        )
-    }
+    cur = admin_conn.execute(
+        "SELECT indexname FROM pg_indexes WHERE schemaname = %s", (schema_name,)
+    )
     assert {
         "workflow_step_history_step_seq_idx",
         "workflow_step_run_seq_idx",
         "workflow_runs_workflow_created_idx",
         "workflow_runs_status_created_idx",
         "workflow_runs_created_idx",
-    } <= ours_only
+    } <= {row[0] for row in cur.fetchall()}
 
 
 def test_adopts_typescript_schema_with_rows(

@@ -392,3 +392,38 @@ def test_workers_recover_when_their_connections_die(
         observer.close()
     assert {r.status for r in runs} == {"completed"}
     assert {tuple(r.output) for r in runs} == {("a", "b", "c")}
+
+
+def test_the_heartbeat_keeps_a_long_step_from_being_taken(pg_dsn: str, schema_name: str) -> None:
+    """A step longer than the lease: the lease is extended, no other worker runs it."""
+    ran: list[str] = []
+    services = [PgWorkflowService(pg_dsn, schema_name) for _ in range(2)]
+    services[0].init()
+    for service in services:
+
+        @service.workflow("long step", version="1")
+        def long_step(ctx: WorkflowContext, _: Any) -> str:
+            def slow(_: Any) -> str:
+                ran.append("slow")
+                sleep(1.2)
+                return "done"
+
+            result: str = ctx.do("slow", slow)
+            return result
+
+    fast = {"lease": 0.5, "poll_interval": 0.05, "shutdown_timeout": 5.0}
+    try:
+        with services[0].worker(concurrency=1, **fast):
+            run_id = services[0].start_workflow("long step", None)
+
+            def started() -> bool:
+                return bool(ran)
+
+            _wait_until(started)
+            with services[1].worker(concurrency=1, **fast):
+                run = services[0].wait_for_run(run_id, timeout=10)
+    finally:
+        for service in services:
+            service.close()
+    assert run.status == "completed" and run.output == "done"
+    assert ran == ["slow"]
