@@ -70,6 +70,9 @@ async def agather(*tasks: asyncio.Task[Any], timeout: float | None = None) -> No
     done, pending = await asyncio.wait(tasks, timeout=timeout)
     for task in pending:
         task.cancel()
+    if pending:
+        # Let the cancelled tasks run their cleanup before the caller moves on.
+        await asyncio.wait(pending)
     for task in done:
         task.result()
 

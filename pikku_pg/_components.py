@@ -27,6 +27,7 @@ class ComponentInfo:
 COMPONENTS: tuple[ComponentInfo, ...] = (
     ComponentInfo("ai", "pikku_pg._sql.ai", "pikku_ai"),
     ComponentInfo("workflow", "pikku_pg._sql.workflow", "pikku_workflow"),
+    ComponentInfo("workflow_queue", "pikku_pg._sql.workflow_queue", "pikku_workflow"),
     ComponentInfo("channel", "pikku_pg._sql.channel", "pikku"),
     ComponentInfo("deployment", "pikku_pg._sql.deployment", "pikku"),
 )

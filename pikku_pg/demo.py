@@ -10,6 +10,7 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Callable
+from typing import Any
 
 from pikku_pg._components import COMPONENTS
 from pikku_pg._sync._migrate import apply_migrations
@@ -18,6 +19,7 @@ from pikku_pg._sync.ai import PgAgentRunService, PgAIStorageService
 from pikku_pg._sync.channel import PgChannelStore
 from pikku_pg._sync.deployment import PgDeploymentService
 from pikku_pg._sync.event_hub import PgEventHubService
+from pikku_pg._sync.workflow import PgWorkflowService, WorkflowContext
 from pikku_pg.models.channel import EventHubMessage
 
 Printer = Callable[[str], None]
@@ -41,6 +43,7 @@ def run_demo(dsn: str | None = None, out: Printer = print) -> None:
 def _story(dsn: str, out: Printer) -> None:
     _init_everything(dsn, out)
     _agent_story(dsn, out)
+    _workflow_story(dsn, out)
     _channels_story(dsn, out)
     _deployment_story(dsn, out)
 
@@ -128,6 +131,45 @@ def _agent_story(dsn: str, out: Printer) -> None:
         for run in console.get_thread_runs(thread.id):
             tokens = f"{run.usage_input_tokens}+{run.usage_output_tokens} tokens"
             out(f"  run of {run.agent_name}: {run.status}, {tokens}")
+
+
+def _workflow_story(dsn: str, out: Printer) -> None:
+    """A checkout workflow whose payment step fails once, retries, then sleeps; run by a worker."""
+    _section(out, "Workflow: a retried step and a durable sleep, run by a worker")
+    with PgWorkflowService(dsn) as wf:
+        attempts = {"charge": 0}
+
+        @wf.rpc("payments.charge")
+        def charge(data: dict[str, Any]) -> dict[str, Any]:
+            attempts["charge"] += 1
+            if attempts["charge"] == 1:
+                raise ConnectionError("payment gateway timed out")
+            return {"charged": data["amount"]}
+
+        @wf.workflow("checkout")
+        def checkout(ctx: WorkflowContext, order: dict[str, Any]) -> dict[str, Any]:
+            receipt: dict[str, Any] = ctx.do(
+                "charge",
+                "payments.charge",
+                {"amount": order["amount"]},
+                retries=2,
+                retry_delay="100ms",
+            )
+            ctx.sleep("cool-off", "200ms")  # a delayed job: no worker is held meanwhile
+            ctx.do("email", lambda data: f"mailed {data['to']}", {"to": order["email"]})
+            return receipt
+
+        with wf.worker(concurrency=2, poll_interval=0.5):
+            run_id = wf.start_workflow("checkout", {"amount": 42, "email": "ada@example.com"})
+            run = wf.wait_for_run(run_id, timeout=30)
+        out(f"  run {run_id[:8]} {run.status}: {run.output}")
+        history = wf.get_run_history(run_id)
+        start = history[0].created_at
+        for step in history:
+            offset = (step.updated_at - start).total_seconds() * 1000
+            error = f"  ({step.error.message})" if step.error else ""
+            line = f"{step.step_name:<9} attempt {step.attempt_count}  {step.status}{error}"
+            out(f"    +{offset:5.0f} ms  {line}")
 
 
 def _channels_story(dsn: str, out: Printer) -> None:

@@ -9,6 +9,8 @@ psycopg exception it is.
 
 from __future__ import annotations
 
+from typing import Any
+
 
 class PikkuPgError(Exception):
     """Base class of every error raised by pikku-pg."""
@@ -107,10 +109,24 @@ class NonDeterminismError(WorkflowError):
 
 
 class _RunOutcomeError(WorkflowError):
-    """A run ended in a state other than completed; carries its run id."""
+    """A run ended in a state other than completed.
 
-    def __init__(self, run_id: str, message: str) -> None:
+    Carries the run id, the stored error (``{name, message, stack, code}``) when
+    there is one, and its ``code`` (e.g. ``"RPC_NOT_FOUND"``) for callers that
+    branch on it.
+    """
+
+    def __init__(
+        self,
+        run_id: str,
+        message: str,
+        *,
+        error: dict[str, Any] | None = None,
+        code: str | None = None,
+    ) -> None:
         self.run_id = run_id
+        self.error = error
+        self.code = code
         super().__init__(message)
 
 

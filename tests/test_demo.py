@@ -23,6 +23,8 @@ def test_demo_tells_the_story_and_can_run_twice(pg_dsn: str) -> None:
         assert "run of janitor: completed, 812+64 tokens" in text
         assert "for ['demo-alice', 'demo-bob']" in text
         assert "users.get is served by demo-api-1" in text
+        assert "completed: {'charged': 42}" in text
+        assert "charge    attempt 2  succeeded" in text
 
 
 @pytest.mark.timeout(120)

@@ -408,13 +408,3 @@ class AsyncWorkflowStateStore(AsyncPgService):
             shared_connection=self._shared_connection,
         ):
             yield
-
-
-class AsyncPgWorkflowService(AsyncWorkflowStateStore):
-    """Durable workflows in PostgreSQL (schema ``pikku_workflow`` by default).
-
-    ``AsyncPgWorkflowService(conn, schema="pikku_workflow")``: ``conn`` is a
-    conninfo string, a pool or a connection. This class currently provides the
-    state store (runs, steps, history, run state, versions, locks); the engine
-    (registration, replay, workers) builds on it.
-    """

@@ -523,4 +523,5 @@ def workflow_queries(schema: str) -> WorkflowQueries:
     """Render every workflow statement for ``schema`` (validated by the caller)."""
     return WorkflowQueries(**{name: render(sql, schema) for name, sql in _TEMPLATES.items()})
 
+
 COMPONENT = WORKFLOW

@@ -388,16 +388,17 @@ def _result(run_id: str, outcome: Outcome) -> Any:
         return outcome.output
     error = outcome.error or {}
     message = str(error.get("message", ""))
-    exc: Exception
+    details: dict[str, Any] = {
+        "error": stored_error_dict(error) if error else None,
+        "code": error.get("code"),
+    }
+    if outcome.status == "suspended":
+        text = f"workflow run {run_id} is suspended: {message}"
+        raise WorkflowSuspendedError(run_id, text, **details)
+    if outcome.status == "cancelled":
+        text = f"workflow run {run_id} was cancelled: {message}"
+        raise WorkflowCancelledError(run_id, text, **details)
     if outcome.status == "failed":
-        exc = WorkflowFailedError(run_id, f"workflow run {run_id} failed: {message}")
-    elif outcome.status == "suspended":
-        exc = WorkflowSuspendedError(run_id, f"workflow run {run_id} is suspended: {message}")
-    elif outcome.status == "cancelled":
-        exc = WorkflowCancelledError(run_id, f"workflow run {run_id} was cancelled: {message}")
-    else:
-        exc = WorkflowFailedError(run_id, f"workflow run {run_id} could not run ({outcome.status})")
-    # The stored error and its code, for callers that branch on them.
-    setattr(exc, "error", stored_error_dict(error) if error else None)  # noqa: B010
-    setattr(exc, "code", error.get("code"))  # noqa: B010
-    raise exc
+        raise WorkflowFailedError(run_id, f"workflow run {run_id} failed: {message}", **details)
+    text = f"workflow run {run_id} could not run ({outcome.status})"
+    raise WorkflowFailedError(run_id, text, **details)

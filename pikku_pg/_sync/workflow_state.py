@@ -403,13 +403,3 @@ class WorkflowStateStore(PgService):
             shared_connection=self._shared_connection,
         ):
             yield
-
-
-class PgWorkflowService(WorkflowStateStore):
-    """Durable workflows in PostgreSQL (schema ``pikku_workflow`` by default).
-
-    ``PgWorkflowService(conn, schema="pikku_workflow")``: ``conn`` is a
-    conninfo string, a pool or a connection. This class currently provides the
-    state store (runs, steps, history, run state, versions, locks); the engine
-    (registration, replay, workers) builds on it.
-    """

@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 
+from pikku_pg import AsyncPgWorkflowService, AsyncWorkflowContext
 from pikku_pg._acompat import AEvent, agather, asleep, aspawn, await_event
-from pikku_pg._async.workflow import AsyncPgWorkflowService, AsyncWorkflowContext
 from pikku_pg.errors import InvalidInputError, InvalidRunStateError, WorkflowTimeoutError
 
 FAST = {"lease": 2.0, "poll_interval": 0.1, "shutdown_timeout": 5.0}

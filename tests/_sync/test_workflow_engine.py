@@ -11,8 +11,8 @@ from typing import Any
 
 import pytest
 
+from pikku_pg import PgWorkflowService, WorkflowContext
 from pikku_pg._rows.workflow_engine import parse_duration
-from pikku_pg._sync.workflow import PgWorkflowService, WorkflowContext
 from pikku_pg.errors import (
     DuplicateRegistrationError,
     InvalidInputError,

@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 
+from pikku_pg import PgWorkflowService, WorkflowContext
 from pikku_pg._acompat import Event, gather, sleep, spawn, wait_event
-from pikku_pg._sync.workflow import PgWorkflowService, WorkflowContext
 from pikku_pg.errors import InvalidInputError, InvalidRunStateError, WorkflowTimeoutError
 
 FAST = {"lease": 2.0, "poll_interval": 0.1, "shutdown_timeout": 5.0}
