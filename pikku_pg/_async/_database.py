@@ -13,7 +13,13 @@ from psycopg.rows import AsyncRowFactory
 from psycopg_pool import AsyncConnectionPool, PoolClosed, PoolTimeout
 
 from pikku_pg._acompat import ALock
-from pikku_pg._connect import describe_server, owned_connection_kwargs, owned_pool_kwargs
+from pikku_pg._connect import (
+    check_conninfo,
+    connect_timeout,
+    describe_server,
+    owned_connection_kwargs,
+    owned_pool_kwargs,
+)
 from pikku_pg.errors import DatabaseUnavailableError, ServiceClosedError
 
 Row = TypeVar("Row")
@@ -70,16 +76,18 @@ class AsyncDatabase:
         self._open_lock = ALock()
         self._connection_lock = ALock()
         if isinstance(source, str):
+            check_conninfo(source)
             self._conninfo = source
             self._owns_pool = True
-            connection_kwargs = owned_connection_kwargs(connect_kwargs)
+            connection_kwargs = owned_connection_kwargs(source, connect_kwargs)
+            self._connection_kwargs = connection_kwargs
             self._pool = AsyncConnectionPool(
                 source,
                 kwargs=connection_kwargs,
                 open=False,
                 **owned_pool_kwargs(pool_kwargs),
             )
-            self._connect_timeout = float(connection_kwargs["connect_timeout"])
+            self._connect_timeout = connect_timeout(source, connection_kwargs)
             return
         if connect_kwargs or pool_kwargs:
             raise TypeError("connect_kwargs and pool_kwargs apply only to a conninfo string")
@@ -108,24 +116,24 @@ class AsyncDatabase:
             if self._pool_opened:
                 return
             assert self._pool is not None
+            # One direct attempt first: an unreachable server fails at once, with
+            # libpq's reason, instead of after the pool's retries time out.
+            where = describe_server(self._conninfo)
+            try:
+                probe = await AsyncConnection.connect(self._conninfo, **self._connection_kwargs)
+            except psycopg.Error as exc:
+                raise DatabaseUnavailableError(
+                    f"cannot connect to PostgreSQL at {where}: {exc}"
+                ) from None
+            await probe.close()
             try:
                 await self._pool.open(wait=True, timeout=self._connect_timeout + 1.0)
             except PoolTimeout:
                 await self._pool.close()
-                raise await self._unreachable_error() from None
+                raise DatabaseUnavailableError(
+                    f"cannot connect to PostgreSQL at {where}: timed out opening the pool"
+                ) from None
             self._pool_opened = True
-
-    async def _unreachable_error(self) -> DatabaseUnavailableError:
-        """Build the error for a pool that could not connect, with the server's reason."""
-        where = describe_server(self._conninfo)
-        try:
-            probe = await AsyncConnection.connect(self._conninfo, connect_timeout=5)
-        except psycopg.Error as exc:
-            return DatabaseUnavailableError(f"cannot connect to PostgreSQL at {where}: {exc}")
-        await probe.close()
-        return DatabaseUnavailableError(
-            f"cannot connect to PostgreSQL at {where}: timed out opening the pool"
-        )
 
     async def close(self) -> None:
         """Close an owned pool; borrowed pools and connections are left open."""

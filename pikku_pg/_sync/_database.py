@@ -14,7 +14,13 @@ from psycopg.rows import RowFactory
 from psycopg_pool import ConnectionPool, PoolClosed, PoolTimeout
 
 from pikku_pg._acompat import Lock
-from pikku_pg._connect import describe_server, owned_connection_kwargs, owned_pool_kwargs
+from pikku_pg._connect import (
+    check_conninfo,
+    connect_timeout,
+    describe_server,
+    owned_connection_kwargs,
+    owned_pool_kwargs,
+)
 from pikku_pg.errors import DatabaseUnavailableError, ServiceClosedError
 
 Row = TypeVar("Row")
@@ -71,16 +77,18 @@ class Database:
         self._open_lock = Lock()
         self._connection_lock = Lock()
         if isinstance(source, str):
+            check_conninfo(source)
             self._conninfo = source
             self._owns_pool = True
-            connection_kwargs = owned_connection_kwargs(connect_kwargs)
+            connection_kwargs = owned_connection_kwargs(source, connect_kwargs)
+            self._connection_kwargs = connection_kwargs
             self._pool = ConnectionPool(
                 source,
                 kwargs=connection_kwargs,
                 open=False,
                 **owned_pool_kwargs(pool_kwargs),
             )
-            self._connect_timeout = float(connection_kwargs["connect_timeout"])
+            self._connect_timeout = connect_timeout(source, connection_kwargs)
             return
         if connect_kwargs or pool_kwargs:
             raise TypeError("connect_kwargs and pool_kwargs apply only to a conninfo string")
@@ -109,24 +117,24 @@ class Database:
             if self._pool_opened:
                 return
             assert self._pool is not None
+            # One direct attempt first: an unreachable server fails at once, with
+            # libpq's reason, instead of after the pool's retries time out.
+            where = describe_server(self._conninfo)
+            try:
+                probe = Connection.connect(self._conninfo, **self._connection_kwargs)
+            except psycopg.Error as exc:
+                raise DatabaseUnavailableError(
+                    f"cannot connect to PostgreSQL at {where}: {exc}"
+                ) from None
+            probe.close()
             try:
                 self._pool.open(wait=True, timeout=self._connect_timeout + 1.0)
             except PoolTimeout:
                 self._pool.close()
-                raise self._unreachable_error() from None
+                raise DatabaseUnavailableError(
+                    f"cannot connect to PostgreSQL at {where}: timed out opening the pool"
+                ) from None
             self._pool_opened = True
-
-    def _unreachable_error(self) -> DatabaseUnavailableError:
-        """Build the error for a pool that could not connect, with the server's reason."""
-        where = describe_server(self._conninfo)
-        try:
-            probe = Connection.connect(self._conninfo, connect_timeout=5)
-        except psycopg.Error as exc:
-            return DatabaseUnavailableError(f"cannot connect to PostgreSQL at {where}: {exc}")
-        probe.close()
-        return DatabaseUnavailableError(
-            f"cannot connect to PostgreSQL at {where}: timed out opening the pool"
-        )
 
     def close(self) -> None:
         """Close an owned pool; borrowed pools and connections are left open."""

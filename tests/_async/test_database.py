@@ -14,7 +14,12 @@ from psycopg_pool import AsyncConnectionPool, ConnectionPool
 from pikku_pg._acompat import AEvent, agather, asleep, aspawn
 from pikku_pg._async._database import AsyncDatabase
 from pikku_pg._async._service import AsyncPgService
-from pikku_pg.errors import DatabaseUnavailableError, InvalidSchemaNameError, ServiceClosedError
+from pikku_pg.errors import (
+    DatabaseUnavailableError,
+    InvalidInputError,
+    InvalidSchemaNameError,
+    ServiceClosedError,
+)
 
 SELECT_ONE = b"SELECT 1"
 
@@ -121,6 +126,20 @@ async def test_unreachable_server_fails_fast_naming_the_host() -> None:
     with pytest.raises(DatabaseUnavailableError, match=r"127\.0\.0\.1:1"):
         await service.open()
     await service.close()
+
+
+def test_an_unparsable_conninfo_is_refused_in_the_constructor() -> None:
+    with pytest.raises(InvalidInputError, match="invalid conninfo"):
+        AsyncPgService("host=localhost garbage")
+
+
+async def test_the_conninfo_connect_timeout_is_kept(pg_dsn: str) -> None:
+    db = AsyncDatabase(pg_dsn + ("&" if "?" in pg_dsn else "?") + "connect_timeout=3")
+    try:
+        async with db.connection() as conn:
+            assert conn.info.get_parameters().get("connect_timeout") == "3"
+    finally:
+        await db.close()
 
 
 async def test_connect_kwargs_reach_the_owned_pool(pg_dsn: str) -> None:

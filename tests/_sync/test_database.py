@@ -15,7 +15,12 @@ from psycopg_pool import ConnectionPool
 from pikku_pg._acompat import Event, gather, sleep, spawn
 from pikku_pg._sync._database import Database
 from pikku_pg._sync._service import PgService
-from pikku_pg.errors import DatabaseUnavailableError, InvalidSchemaNameError, ServiceClosedError
+from pikku_pg.errors import (
+    DatabaseUnavailableError,
+    InvalidInputError,
+    InvalidSchemaNameError,
+    ServiceClosedError,
+)
 
 SELECT_ONE = b"SELECT 1"
 
@@ -119,6 +124,20 @@ def test_unreachable_server_fails_fast_naming_the_host() -> None:
     with pytest.raises(DatabaseUnavailableError, match=r"127\.0\.0\.1:1"):
         service.open()
     service.close()
+
+
+def test_an_unparsable_conninfo_is_refused_in_the_constructor() -> None:
+    with pytest.raises(InvalidInputError, match="invalid conninfo"):
+        PgService("host=localhost garbage")
+
+
+def test_the_conninfo_connect_timeout_is_kept(pg_dsn: str) -> None:
+    db = Database(pg_dsn + ("&" if "?" in pg_dsn else "?") + "connect_timeout=3")
+    try:
+        with db.connection() as conn:
+            assert conn.info.get_parameters().get("connect_timeout") == "3"
+    finally:
+        db.close()
 
 
 def test_connect_kwargs_reach_the_owned_pool(pg_dsn: str) -> None:
