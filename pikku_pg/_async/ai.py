@@ -13,7 +13,6 @@ from typing import Any, ClassVar
 
 from psycopg.rows import tuple_row
 
-from pikku_pg._async._database import ConnectionSource
 from pikku_pg._async._service import AsyncPgService
 from pikku_pg._json import json_text
 from pikku_pg._rows import ai as rows
@@ -50,15 +49,7 @@ class AsyncPgAIStorageService(AsyncPgService):
     components: ClassVar[tuple[Component, ...]] = (q.COMPONENT,)
     default_schema: ClassVar[str] = "pikku_ai"
 
-    def __init__(
-        self,
-        conn: ConnectionSource,
-        schema: str | None = None,
-        *,
-        connect_kwargs: Mapping[str, Any] | None = None,
-        pool_kwargs: Mapping[str, Any] | None = None,
-    ) -> None:
-        super().__init__(conn, schema, connect_kwargs=connect_kwargs, pool_kwargs=pool_kwargs)
+    def _prepare_queries(self) -> None:
         s = self._schema
         self._create_thread = render(q.CREATE_THREAD, s)
         self._get_thread = render(q.GET_THREAD, s)
@@ -312,15 +303,7 @@ class AsyncPgAgentRunService(AsyncPgService):
     components: ClassVar[tuple[Component, ...]] = (q.COMPONENT,)
     default_schema: ClassVar[str] = "pikku_ai"
 
-    def __init__(
-        self,
-        conn: ConnectionSource,
-        schema: str | None = None,
-        *,
-        connect_kwargs: Mapping[str, Any] | None = None,
-        pool_kwargs: Mapping[str, Any] | None = None,
-    ) -> None:
-        super().__init__(conn, schema, connect_kwargs=connect_kwargs, pool_kwargs=pool_kwargs)
+    def _prepare_queries(self) -> None:
         s = self._schema
         self._select = render(q.LIST_THREADS_SELECT, s)
         self._by_agent = render(q.LIST_THREADS_BY_AGENT, s)

@@ -9,7 +9,6 @@ from typing import Any, ClassVar
 from psycopg import errors as pg_errors
 from psycopg.rows import tuple_row
 
-from pikku_pg._async._database import ConnectionSource
 from pikku_pg._async._service import AsyncPgService
 from pikku_pg._json import check_text
 from pikku_pg._rows.channel import (
@@ -38,15 +37,7 @@ class AsyncPgChannelStore(AsyncPgService):
     components: ClassVar[tuple[Component, ...]] = (sql.COMPONENT,)
     default_schema: ClassVar[str] = "pikku"
 
-    def __init__(
-        self,
-        conn: ConnectionSource,
-        schema: str | None = None,
-        *,
-        connect_kwargs: Mapping[str, Any] | None = None,
-        pool_kwargs: Mapping[str, Any] | None = None,
-    ) -> None:
-        super().__init__(conn, schema, connect_kwargs=connect_kwargs, pool_kwargs=pool_kwargs)
+    def _prepare_queries(self) -> None:
         self._add = render(sql.ADD_CHANNEL, self._schema)
         self._remove = render(sql.REMOVE_CHANNELS, self._schema)
         self._set_session = render(sql.SET_USER_SESSION, self._schema)
@@ -107,15 +98,7 @@ class AsyncPgEventHubStore(AsyncPgService):
     components: ClassVar[tuple[Component, ...]] = (sql.COMPONENT,)
     default_schema: ClassVar[str] = "pikku"
 
-    def __init__(
-        self,
-        conn: ConnectionSource,
-        schema: str | None = None,
-        *,
-        connect_kwargs: Mapping[str, Any] | None = None,
-        pool_kwargs: Mapping[str, Any] | None = None,
-    ) -> None:
-        super().__init__(conn, schema, connect_kwargs=connect_kwargs, pool_kwargs=pool_kwargs)
+    def _prepare_queries(self) -> None:
         self._subscribe = render(sql.SUBSCRIBE, self._schema)
         self._unsubscribe = render(sql.UNSUBSCRIBE, self._schema)
         self._channel_ids = render(sql.GET_CHANNEL_IDS_FOR_TOPIC, self._schema)

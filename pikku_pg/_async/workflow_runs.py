@@ -6,12 +6,11 @@ state store, so both services answer them with the same statements.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import Any, ClassVar
 
 from psycopg.rows import dict_row, tuple_row
 
-from pikku_pg._async._database import AsyncDatabase, ConnectionSource
+from pikku_pg._async._database import AsyncDatabase
 from pikku_pg._async._service import AsyncPgService
 from pikku_pg._json import check_text
 from pikku_pg._rows.workflow import (
@@ -97,15 +96,7 @@ class AsyncPgWorkflowRunService(AsyncPgService):
     components: ClassVar[tuple[Component, ...]] = (WORKFLOW,)
     default_schema: ClassVar[str] = "pikku_workflow"
 
-    def __init__(
-        self,
-        conn: ConnectionSource,
-        schema: str | None = None,
-        *,
-        connect_kwargs: Mapping[str, Any] | None = None,
-        pool_kwargs: Mapping[str, Any] | None = None,
-    ) -> None:
-        super().__init__(conn, schema, connect_kwargs=connect_kwargs, pool_kwargs=pool_kwargs)
+    def _prepare_queries(self) -> None:
         self._q = workflow_queries(self._schema)
 
     async def list_runs(

@@ -19,10 +19,8 @@ from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any, ClassVar
 
 import psycopg
-from psycopg import AsyncConnection
 from psycopg.rows import dict_row, tuple_row
 
-from pikku_pg._async._database import ConnectionSource
 from pikku_pg._async._service import AsyncPgService
 from pikku_pg._async.locks import advisory_lock, check_timeout
 from pikku_pg._async.workflow_runs import (
@@ -83,18 +81,8 @@ class AsyncWorkflowStateStore(AsyncPgService):
     components: ClassVar[tuple[Component, ...]] = (WORKFLOW,)
     default_schema: ClassVar[str] = "pikku_workflow"
 
-    def __init__(
-        self,
-        conn: ConnectionSource,
-        schema: str | None = None,
-        *,
-        connect_kwargs: Mapping[str, Any] | None = None,
-        pool_kwargs: Mapping[str, Any] | None = None,
-    ) -> None:
-        super().__init__(conn, schema, connect_kwargs=connect_kwargs, pool_kwargs=pool_kwargs)
+    def _prepare_queries(self) -> None:
         self._q = workflow_queries(self._schema)
-        # One borrowed connection serves every call, so a lock cannot keep it.
-        self._shared_connection = isinstance(conn, AsyncConnection)
 
     # ------------------------------------------------------------------ runs
 
@@ -405,6 +393,7 @@ class AsyncWorkflowStateStore(AsyncPgService):
             key,
             timeout=check_timeout(timeout),
             what=what,
-            shared_connection=self._shared_connection,
+            # One borrowed connection serves every call, so a lock cannot keep it.
+            shared_connection=self._db.single_connection,
         ):
             yield

@@ -68,9 +68,10 @@ def _common_options(*, top: bool) -> argparse.ArgumentParser:
     common.add_argument(
         "--connect-timeout",
         type=positive_float,
-        default=DEFAULT_CONNECT_TIMEOUT if top else unset,
+        default=None if top else unset,
         metavar="S",
-        help=f"seconds to wait for the server before exit code 3 ({DEFAULT_CONNECT_TIMEOUT:g})",
+        help="seconds to wait for the server before exit code 3 (default: the conninfo's "
+        f"connect_timeout, else {DEFAULT_CONNECT_TIMEOUT:g})",
     )
     return common
 

@@ -9,6 +9,7 @@ from typing import Any
 
 import psycopg
 from psycopg import errors as pg_errors
+from psycopg.conninfo import conninfo_to_dict
 
 from pikku_pg._connect import describe_server
 from pikku_pg.errors import DatabaseUnavailableError
@@ -59,21 +60,20 @@ def require_dsn(args: argparse.Namespace) -> str:
 
 
 def connect(args: argparse.Namespace) -> psycopg.Connection[Any]:
-    """One autocommit connection for a command, or exit 3 within the connect timeout.
+    """One autocommit connection for a command, or exit 3 within the connect timeout
+    (``--connect-timeout``, else the conninfo's ``connect_timeout``, else 5 s).
 
     A command is short-lived: one connection (no pool) is the fastest way in, and
     the services borrow it (each call is one statement, one round trip).
     """
     dsn = require_dsn(args)
-    timeout = float(getattr(args, "connect_timeout", DEFAULT_CONNECT_TIMEOUT))
+    kwargs: dict[str, Any] = {"autocommit": True, "application_name": "pikku-pg cli"}
+    timeout: float | None = getattr(args, "connect_timeout", None)
+    if timeout is not None or "connect_timeout" not in _conninfo_params(dsn):
+        # Whole seconds; psycopg waits at least 2 s (as libpq does).
+        kwargs["connect_timeout"] = max(round(timeout or DEFAULT_CONNECT_TIMEOUT), 1)
     try:
-        return psycopg.connect(
-            dsn,
-            autocommit=True,
-            # Whole seconds; psycopg waits at least 2 s (as libpq does).
-            connect_timeout=max(round(timeout), 1),
-            application_name="pikku-pg cli",
-        )
+        return psycopg.connect(dsn, **kwargs)
     except psycopg.OperationalError as exc:
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise DatabaseUnavailableError(
@@ -81,6 +81,13 @@ def connect(args: argparse.Namespace) -> psycopg.Connection[Any]:
         ) from None
     except psycopg.ProgrammingError as exc:  # a conninfo that does not parse
         raise CliError(f"invalid --dsn / DATABASE_URL: {exc}", EXIT_USAGE) from None
+
+
+def _conninfo_params(dsn: str) -> dict[str, Any]:
+    try:
+        return conninfo_to_dict(dsn)
+    except psycopg.Error:
+        return {}
 
 
 @contextlib.contextmanager

@@ -20,6 +20,7 @@ from pikku_pg.models.ai import (
 )
 
 AI_SCHEMA = "pikku_ai"
+ROLE_STYLES = {"user": "bold cyan", "assistant": "bold green", "tool": "yellow", "system": "dim"}
 
 
 def add_commands(commands: Any, common: argparse.ArgumentParser) -> None:
@@ -141,9 +142,9 @@ def show_thread(args: argparse.Namespace, out: Output) -> int:
     out.line()
     width = max([len(m.role) for m in messages] + [4])
     for message in messages:
-        lines = message_lines(message)
         head = f"{fmt_time(message.created_at)}  {message.role:<{width}}  "
-        out.fields([(head.rstrip(), "\n".join(lines))], indent=0)
+        lines = [line for text in message_lines(message) for line in text.split("\n")]
+        out.block(head, lines, style=ROLE_STYLES.get(message.role))
     return EXIT_OK
 
 
@@ -166,7 +167,9 @@ def agent_runs(args: argparse.Namespace, out: Output) -> int:
                 waiting.append(f"{approval.display_tool_name} ({approval.tool_call_id})")
             else:
                 waiting.append(f"{approval.tool_name} ({approval.tool_call_id})")
-        why = run.error_message or run.suspend_reason or ""
+        why = run.error_message or ""
+        if run.status == "suspended" and run.suspend_reason:
+            why = f"{run.suspend_reason}: {why}" if why else run.suspend_reason
         if run.missing_rpcs:
             why = f"{why}: {', '.join(run.missing_rpcs)}" if why else ", ".join(run.missing_rpcs)
         usage = run.usage

@@ -165,6 +165,24 @@ class Output:
                 self.line(" " * len(first) + extra)
         self.stream.flush()
 
+    def block(self, head: str, lines: Sequence[str], *, style: str | None = None) -> None:
+        """Print ``head`` then the first line, the other lines indented under the first."""
+        cleaned = [clean(text) for text in lines] or [""]
+        pad = " " * len(head)
+        if self._console is not None:
+            from rich.text import Text
+
+            first = Text(head, style=style or "")
+            first.append(cleaned[0])
+            self._console.print(first)
+            for text in cleaned[1:]:
+                self._console.print(Text(pad + text))
+        else:
+            self.stream.write(head + cleaned[0] + "\n")
+            for text in cleaned[1:]:
+                self.stream.write(pad + text + "\n")
+        self.stream.flush()
+
     def table(
         self,
         columns: Sequence[Column],

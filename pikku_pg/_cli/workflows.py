@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import argparse
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from psycopg import errors as pg_errors
@@ -107,13 +107,18 @@ def list_runs(args: argparse.Namespace, out: Output) -> int:
 
 def attempt_times(
     attempt: WorkflowStepHistory,
-) -> tuple[datetime, datetime | None]:
-    """When an attempt started and when it ended (None while it has not)."""
-    start = attempt.running_at or attempt.scheduled_at or attempt.created_at
+) -> tuple[datetime, timedelta | None, timedelta | None]:
+    """When an attempt began, how long it waited (a sleep, a retry delay) before it
+    ran, and how long it ran (None while it has not finished)."""
+    began = attempt.scheduled_at or attempt.running_at or attempt.created_at
+    waited = None
+    if attempt.scheduled_at is not None and attempt.running_at is not None:
+        waited = attempt.running_at - attempt.scheduled_at
     end = attempt.succeeded_at or attempt.failed_at
     if end is None and attempt.status == "suspended":
         end = attempt.updated_at
-    return start, end
+    ran = None if end is None else end - (attempt.running_at or began)
+    return began, waited, ran
 
 
 def _jobs(conn: Any, schema: str, run_id: str) -> list[dict[str, Any]]:
@@ -150,8 +155,7 @@ def show_run(args: argparse.Namespace, out: Output) -> int:
     out.heading("Step attempts")
     rows = []
     for attempt in history:
-        start, end = attempt_times(attempt)
-        duration = fmt_duration(end - start) if end is not None else "…"
+        began, waited, ran = attempt_times(attempt)
         detail = _error_text(attempt.error)
         if not detail and attempt.status == "succeeded" and attempt.result is not None:
             detail = "→ " + compact_json(attempt.result)
@@ -160,8 +164,9 @@ def show_run(args: argparse.Namespace, out: Output) -> int:
                 attempt.step_name,
                 str(attempt.attempt_count),
                 attempt.status,
-                fmt_time(start, precise=True),
-                duration,
+                fmt_time(began, precise=True),
+                fmt_duration(waited) if waited is not None else "",
+                fmt_duration(ran) if ran is not None else "…",
                 detail,
             ]
         )
@@ -170,8 +175,9 @@ def show_run(args: argparse.Namespace, out: Output) -> int:
             Column("step", 30),
             Column("attempt", 7),
             Column("status", 10, status=True),
-            Column("started (UTC)", 13),
-            Column("duration", 9),
+            Column("began (UTC)", 12),
+            Column("waited", 9),
+            Column("ran", 9),
             Column("error / result", 60),
         ],
         rows,

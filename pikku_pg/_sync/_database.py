@@ -103,6 +103,11 @@ class Database:
             )
 
     @property
+    def single_connection(self) -> bool:
+        """Whether every call shares one borrowed connection (so no session state is private)."""
+        return self._connection is not None
+
+    @property
     def owns_pool(self) -> bool:
         """Whether this object created its pool (and so closes it)."""
         return self._owns_pool

@@ -40,6 +40,10 @@ class PgService:
         # Validate before anything can touch the database.
         self._schema = validate_schema_name(self.default_schema if schema is None else schema)
         self._db = Database(conn, connect_kwargs=connect_kwargs, pool_kwargs=pool_kwargs)
+        self._prepare_queries()
+
+    def _prepare_queries(self) -> None:
+        """Render the service's SQL for its schema, once (subclasses override)."""
 
     @property
     def schema(self) -> str:

@@ -18,7 +18,6 @@ from pikku_pg._json import json_text
 from pikku_pg._rows import ai as rows
 from pikku_pg._sql import ai as q
 from pikku_pg._sql import render
-from pikku_pg._sync._database import ConnectionSource
 from pikku_pg._sync._service import PgService
 from pikku_pg.errors import (
     InvalidInputError,
@@ -51,15 +50,7 @@ class PgAIStorageService(PgService):
     components: ClassVar[tuple[Component, ...]] = (q.COMPONENT,)
     default_schema: ClassVar[str] = "pikku_ai"
 
-    def __init__(
-        self,
-        conn: ConnectionSource,
-        schema: str | None = None,
-        *,
-        connect_kwargs: Mapping[str, Any] | None = None,
-        pool_kwargs: Mapping[str, Any] | None = None,
-    ) -> None:
-        super().__init__(conn, schema, connect_kwargs=connect_kwargs, pool_kwargs=pool_kwargs)
+    def _prepare_queries(self) -> None:
         s = self._schema
         self._create_thread = render(q.CREATE_THREAD, s)
         self._get_thread = render(q.GET_THREAD, s)
@@ -311,15 +302,7 @@ class PgAgentRunService(PgService):
     components: ClassVar[tuple[Component, ...]] = (q.COMPONENT,)
     default_schema: ClassVar[str] = "pikku_ai"
 
-    def __init__(
-        self,
-        conn: ConnectionSource,
-        schema: str | None = None,
-        *,
-        connect_kwargs: Mapping[str, Any] | None = None,
-        pool_kwargs: Mapping[str, Any] | None = None,
-    ) -> None:
-        super().__init__(conn, schema, connect_kwargs=connect_kwargs, pool_kwargs=pool_kwargs)
+    def _prepare_queries(self) -> None:
         s = self._schema
         self._select = render(q.LIST_THREADS_SELECT, s)
         self._by_agent = render(q.LIST_THREADS_BY_AGENT, s)

@@ -21,7 +21,6 @@ from pikku_pg._rows.channel import (
 )
 from pikku_pg._sql import channel as sql
 from pikku_pg._sql import render
-from pikku_pg._sync._database import ConnectionSource
 from pikku_pg._sync._service import PgService
 from pikku_pg.errors import ChannelExistsError, ChannelNotFoundError
 from pikku_pg.migrations import Component
@@ -39,15 +38,7 @@ class PgChannelStore(PgService):
     components: ClassVar[tuple[Component, ...]] = (sql.COMPONENT,)
     default_schema: ClassVar[str] = "pikku"
 
-    def __init__(
-        self,
-        conn: ConnectionSource,
-        schema: str | None = None,
-        *,
-        connect_kwargs: Mapping[str, Any] | None = None,
-        pool_kwargs: Mapping[str, Any] | None = None,
-    ) -> None:
-        super().__init__(conn, schema, connect_kwargs=connect_kwargs, pool_kwargs=pool_kwargs)
+    def _prepare_queries(self) -> None:
         self._add = render(sql.ADD_CHANNEL, self._schema)
         self._remove = render(sql.REMOVE_CHANNELS, self._schema)
         self._set_session = render(sql.SET_USER_SESSION, self._schema)
@@ -108,15 +99,7 @@ class PgEventHubStore(PgService):
     components: ClassVar[tuple[Component, ...]] = (sql.COMPONENT,)
     default_schema: ClassVar[str] = "pikku"
 
-    def __init__(
-        self,
-        conn: ConnectionSource,
-        schema: str | None = None,
-        *,
-        connect_kwargs: Mapping[str, Any] | None = None,
-        pool_kwargs: Mapping[str, Any] | None = None,
-    ) -> None:
-        super().__init__(conn, schema, connect_kwargs=connect_kwargs, pool_kwargs=pool_kwargs)
+    def _prepare_queries(self) -> None:
         self._subscribe = render(sql.SUBSCRIBE, self._schema)
         self._unsubscribe = render(sql.UNSUBSCRIBE, self._schema)
         self._channel_ids = render(sql.GET_CHANNEL_IDS_FOR_TOPIC, self._schema)

@@ -7,7 +7,6 @@ state store, so both services answer them with the same statements.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import Any, ClassVar
 
 from psycopg.rows import dict_row, tuple_row
@@ -23,7 +22,7 @@ from pikku_pg._rows.workflow import (
     version_from_row,
 )
 from pikku_pg._sql.workflow import WORKFLOW, WorkflowQueries, workflow_queries
-from pikku_pg._sync._database import ConnectionSource, Database
+from pikku_pg._sync._database import Database
 from pikku_pg._sync._service import PgService
 from pikku_pg.errors import WorkflowRunNotFoundError
 from pikku_pg.migrations import Component
@@ -94,15 +93,7 @@ class PgWorkflowRunService(PgService):
     components: ClassVar[tuple[Component, ...]] = (WORKFLOW,)
     default_schema: ClassVar[str] = "pikku_workflow"
 
-    def __init__(
-        self,
-        conn: ConnectionSource,
-        schema: str | None = None,
-        *,
-        connect_kwargs: Mapping[str, Any] | None = None,
-        pool_kwargs: Mapping[str, Any] | None = None,
-    ) -> None:
-        super().__init__(conn, schema, connect_kwargs=connect_kwargs, pool_kwargs=pool_kwargs)
+    def _prepare_queries(self) -> None:
         self._q = workflow_queries(self._schema)
 
     def list_runs(

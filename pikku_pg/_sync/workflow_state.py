@@ -20,7 +20,6 @@ from contextlib import AbstractContextManager, contextmanager
 from typing import Any, ClassVar
 
 import psycopg
-from psycopg import Connection
 from psycopg.rows import dict_row, tuple_row
 
 from pikku_pg._json import check_text, jsonb
@@ -42,7 +41,6 @@ from pikku_pg._rows.workflow import (
     step_uuid,
 )
 from pikku_pg._sql.workflow import WORKFLOW, workflow_queries
-from pikku_pg._sync._database import ConnectionSource
 from pikku_pg._sync._service import PgService
 from pikku_pg._sync.locks import advisory_lock, check_timeout
 from pikku_pg._sync.workflow_runs import (
@@ -84,18 +82,8 @@ class WorkflowStateStore(PgService):
     components: ClassVar[tuple[Component, ...]] = (WORKFLOW,)
     default_schema: ClassVar[str] = "pikku_workflow"
 
-    def __init__(
-        self,
-        conn: ConnectionSource,
-        schema: str | None = None,
-        *,
-        connect_kwargs: Mapping[str, Any] | None = None,
-        pool_kwargs: Mapping[str, Any] | None = None,
-    ) -> None:
-        super().__init__(conn, schema, connect_kwargs=connect_kwargs, pool_kwargs=pool_kwargs)
+    def _prepare_queries(self) -> None:
         self._q = workflow_queries(self._schema)
-        # One borrowed connection serves every call, so a lock cannot keep it.
-        self._shared_connection = isinstance(conn, Connection)
 
     # ------------------------------------------------------------------ runs
 
@@ -400,6 +388,7 @@ class WorkflowStateStore(PgService):
             key,
             timeout=check_timeout(timeout),
             what=what,
-            shared_connection=self._shared_connection,
+            # One borrowed connection serves every call, so a lock cannot keep it.
+            shared_connection=self._db.single_connection,
         ):
             yield
