@@ -33,6 +33,7 @@ RENAMES: dict[str, str] = {
     # pikku_pg._acompat helpers and their sync twins
     "ALock": "Lock",
     "AEvent": "Event",
+    "AQueue": "Queue",
     "asleep": "sleep",
     "aspawn": "spawn",
     "agather": "gather",

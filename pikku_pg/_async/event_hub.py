@@ -46,7 +46,7 @@ from psycopg.conninfo import make_conninfo
 from psycopg.rows import tuple_row
 from psycopg_pool import AsyncConnectionPool
 
-from pikku_pg._acompat import AEvent, agather, aspawn, await_event
+from pikku_pg._acompat import AEvent, AQueue, agather, aspawn, await_event
 from pikku_pg._async._database import ConnectionSource
 from pikku_pg._async.channel import AsyncPgEventHubStore
 from pikku_pg._json import check_text
@@ -70,12 +70,6 @@ from pikku_pg.errors import (
     ServiceClosedError,
 )
 from pikku_pg.models.channel import EventHubMessage
-
-# The local event queue: asyncio's here, queue.Queue in the sync flavour.
-if True:  # ASYNC
-    from pikku_pg._acompat import AQueue as _EventQueue
-else:
-    from pikku_pg._acompat import Queue as _EventQueue
 
 logger = logging.getLogger("pikku_pg.event_hub")
 
@@ -157,7 +151,7 @@ class AsyncPgEventHubService(AsyncPgEventHubStore):
         # mutated, so the listener reads a consistent snapshot without taking the lock.
         self._local: dict[str, frozenset[str]] = {}
         self._local_lock = threading.Lock()
-        self._queue: _EventQueue[EventHubMessage | None] = _EventQueue()
+        self._queue: AQueue[EventHubMessage | None] = AQueue()
         self._stopping = False
         self._stop_event = AEvent()
         self._started = False

@@ -47,10 +47,7 @@ from psycopg.conninfo import make_conninfo
 from psycopg.rows import tuple_row
 from psycopg_pool import ConnectionPool
 
-from pikku_pg._acompat import Event, gather, spawn, wait_event
-
-# The local event queue: asyncio's here, queue.Queue in the sync flavour.
-from pikku_pg._acompat import Queue as _EventQueue
+from pikku_pg._acompat import Event, Queue, gather, spawn, wait_event
 from pikku_pg._json import check_text
 from pikku_pg._rows.channel import (
     check_channel_ids,
@@ -155,7 +152,7 @@ class PgEventHubService(PgEventHubStore):
         # mutated, so the listener reads a consistent snapshot without taking the lock.
         self._local: dict[str, frozenset[str]] = {}
         self._local_lock = threading.Lock()
-        self._queue: _EventQueue[EventHubMessage | None] = _EventQueue()
+        self._queue: Queue[EventHubMessage | None] = Queue()
         self._stopping = False
         self._stop_event = Event()
         self._started = False
