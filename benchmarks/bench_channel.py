@@ -13,15 +13,15 @@ from __future__ import annotations
 import argparse
 import asyncio
 import itertools
-import os
-import statistics
+import sys
 import threading
 import time
 import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-import psycopg
+import _harness as harness
+from _harness import IN_FLIGHT, Column, Figure
 
 from pikku_pg import (
     AsyncPgChannelStore,
@@ -36,44 +36,48 @@ from pikku_pg import (
 from pikku_pg.models import EventHubMessage
 
 SCHEMA = "bench_channel"
-IN_FLIGHT = 16
 DEPLOYMENTS = 200
+ADD_REMOVE = "add_channel + remove_channels"
+SUBSCRIBE = "subscribe"
+FIND = "find_function (200 deployments)"
 # TypeScript @pikku/pg 0.12.1 (sequential, 16 in flight), from the issue.
-TS_REFERENCE = {
-    "add_channel + remove_channels": (1891, 5856),
-    "subscribe": (3863, 11768),
-    "find_function (200 deployments)": (5308, 17316),
+TS_REFERENCE = {ADD_REMOVE: (1891, 5856), SUBSCRIBE: (3863, 11768), FIND: (5308, 17316)}
+# The service (sync, async) each operation runs on.
+SERVICES: dict[str, tuple[Any, Any]] = {
+    ADD_REMOVE: (PgChannelStore, AsyncPgChannelStore),
+    SUBSCRIBE: (PgEventHubStore, AsyncPgEventHubStore),
+    FIND: (PgDeploymentService, AsyncPgDeploymentService),
 }
 _counter = itertools.count()
 
 
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--messages", type=int, default=5000, help="event hub messages")
+
+
 def prepare(dsn: str) -> None:
-    """Fresh schema, 16 lane channels, 200 live deployments of 20 functions each."""
-    with psycopg.connect(dsn, autocommit=True) as conn:
-        conn.execute(f"DROP SCHEMA IF EXISTS {SCHEMA} CASCADE".encode())
+    """16 lane channels, 200 live deployments of 20 functions each."""
     with PgChannelStore(dsn, SCHEMA) as store:
         store.init()
         for lane in range(IN_FLIGHT):
             store.add_channel(f"lane-{lane}", "bench")
     with PgDeploymentService(dsn, SCHEMA) as registry:
         registry.init()
-    with psycopg.connect(dsn, autocommit=True) as conn:
-        # Deployment d serves f{d % 40}..f{d % 40 + 19}: each function has ~100 servers;
-        # "f0" is served by 5 of them.
-        conn.execute(
-            f"""INSERT INTO {SCHEMA}.pikku_deployments (deployment_id, endpoint, functions)
-            SELECT 'dep-' || d, 'http://dep-' || d,
-                   ARRAY(SELECT 'f' || (d * 7 %% 40 + k) FROM generate_series(0, 19) k)
-            FROM generate_series(1, %s) d""".encode(),
-            (DEPLOYMENTS,),
-        )
-        conn.execute(f"ANALYZE {SCHEMA}.pikku_deployments".encode())
+    # Deployment d serves f{d * 7 % 40}..f{d * 7 % 40 + 19}: "f0" is served by 5 of them.
+    harness.execute(
+        dsn,
+        f"""INSERT INTO {SCHEMA}.pikku_deployments (deployment_id, endpoint, functions)
+        SELECT 'dep-' || d, 'http://dep-' || d,
+               ARRAY(SELECT 'f' || (d * 7 %% 40 + k) FROM generate_series(0, 19) k)
+        FROM generate_series(1, %s) d""",
+        params=(DEPLOYMENTS,),
+    )
+    harness.execute(dsn, f"ANALYZE {SCHEMA}.pikku_deployments")
 
 
 def refresh_heartbeats(dsn: str) -> None:
     """Make the 200 deployments live again (their TTL is 30 s; a run takes longer)."""
-    with psycopg.connect(dsn, autocommit=True) as conn:
-        conn.execute(f"UPDATE {SCHEMA}.pikku_deployments SET last_heartbeat = now()".encode())
+    harness.execute(dsn, f"UPDATE {SCHEMA}.pikku_deployments SET last_heartbeat = now()")
     with PgDeploymentService(dsn, SCHEMA) as registry:
         assert len(registry.find_function("f0")) == 5, "the benchmark data is not as expected"
 
@@ -82,126 +86,58 @@ def _topic() -> str:
     return f"topic-{next(_counter)}"
 
 
-# --- sync --------------------------------------------------------------------------------
+# --- operations ----------------------------------------------------------------------------
 
 
-def _pool(lanes: int) -> dict[str, Any]:
-    return {"pool_kwargs": {"min_size": lanes, "max_size": lanes}}
+def sync_op(name: str, service: Any, lane: int) -> Callable[[], object]:
+    if name == ADD_REMOVE:
 
-
-def sync_op(name: str, dsn: str, lanes: int, keep: list[Any]) -> Callable[[int], object]:
-    """The operation of one figure; one service (pool of ``lanes``) shared by the lanes."""
-    if name == "add_channel + remove_channels":
-        store = PgChannelStore(dsn, SCHEMA, **_pool(lanes))
-        keep.append(store)
-
-        def add_remove(lane: int) -> None:
+        def add_remove() -> None:
             cid = uuid.uuid4().hex
-            store.add_channel(cid, "bench", {"lane": lane})
-            store.remove_channels([cid])
+            service.add_channel(cid, "bench", {"lane": lane})
+            service.remove_channels([cid])
 
         return add_remove
-    if name == "subscribe":
-        hub = PgEventHubStore(dsn, SCHEMA, **_pool(lanes))
-        keep.append(hub)
-        return lambda lane: hub.subscribe(_topic(), f"lane-{lane}")
-    registry = PgDeploymentService(dsn, SCHEMA, **_pool(lanes))
-    keep.append(registry)
-    return lambda lane: registry.find_function("f0")
+    if name == SUBSCRIBE:
+        return lambda: service.subscribe(_topic(), f"lane-{lane}")
+    return lambda: service.find_function("f0")
 
 
-def measure_sync(dsn: str, name: str, lanes: int, seconds: float) -> float:
-    if name.startswith("find_function"):
-        refresh_heartbeats(dsn)
-    keep: list[Any] = []
-    op = sync_op(name, dsn, lanes, keep)
-    warm = [threading.Thread(target=op, args=(i,)) for i in range(lanes)]
-    for t in warm:  # warm up: connections, prepared statements
-        t.start()
-    for t in warm:
-        t.join()
-    counts = [0] * lanes
-    barrier = threading.Barrier(lanes + 1)
-    stop_at = [0.0]
+def async_op(name: str, service: Any, lane: int) -> Callable[[], Awaitable[object]]:
+    if name == ADD_REMOVE:
 
-    def work(i: int) -> None:
-        n = 0
-        barrier.wait()
-        while time.perf_counter() < stop_at[0]:
-            op(i)
-            n += 1
-        counts[i] = n
-
-    threads = [threading.Thread(target=work, args=(i,)) for i in range(lanes)]
-    for t in threads:
-        t.start()
-    began = time.perf_counter()
-    stop_at[0] = began + seconds
-    barrier.wait()
-    for t in threads:
-        t.join()
-    elapsed = time.perf_counter() - began
-    for service in keep:
-        service.close()
-    return sum(counts) / elapsed
-
-
-# --- async -------------------------------------------------------------------------------
-
-
-def async_op(
-    name: str, dsn: str, lanes: int, keep: list[Any]
-) -> Callable[[int], Awaitable[object]]:
-    """The operation of one figure; one service (pool of ``lanes``) shared by the lanes."""
-    if name == "add_channel + remove_channels":
-        store = AsyncPgChannelStore(dsn, SCHEMA, **_pool(lanes))
-        keep.append(store)
-
-        async def add_remove(lane: int) -> None:
+        async def add_remove() -> None:
             cid = uuid.uuid4().hex
-            await store.add_channel(cid, "bench", {"lane": lane})
-            await store.remove_channels([cid])
+            await service.add_channel(cid, "bench", {"lane": lane})
+            await service.remove_channels([cid])
 
         return add_remove
-    if name == "subscribe":
-        hub = AsyncPgEventHubStore(dsn, SCHEMA, **_pool(lanes))
-        keep.append(hub)
-        return lambda lane: hub.subscribe(_topic(), f"lane-{lane}")
-    registry = AsyncPgDeploymentService(dsn, SCHEMA, **_pool(lanes))
-    keep.append(registry)
-    return lambda lane: registry.find_function("f0")
+    if name == SUBSCRIBE:
+        return lambda: service.subscribe(_topic(), f"lane-{lane}")
+    return lambda: service.find_function("f0")
 
 
-async def measure_async(dsn: str, name: str, lanes: int, seconds: float) -> float:
-    if name.startswith("find_function"):
-        refresh_heartbeats(dsn)
-    keep: list[Any] = []
-    op = async_op(name, dsn, lanes, keep)
-    await asyncio.gather(*(op(i) for i in range(lanes)))  # warm up
-    counts = [0] * lanes
-    stop_at = time.perf_counter() + seconds
+def figures(dsn: str, name: str, seconds: float) -> list[float]:
+    """ops/s of operation ``name``: one service (pool of ``n``) shared by ``n`` lanes."""
+    sync_service, async_service = SERVICES[name]
 
-    async def work(i: int) -> None:
-        n = 0
-        while time.perf_counter() < stop_at:
-            await op(i)
-            n += 1
-        counts[i] = n
+    def measure_sync(n: int) -> Figure:
+        if name == FIND:
+            refresh_heartbeats(dsn)
+        with sync_service(dsn, SCHEMA, **harness.pool(n)) as service:
+            return harness.run_sync([sync_op(name, service, lane) for lane in range(n)], seconds)
 
-    began = time.perf_counter()
-    await asyncio.gather(*(work(i) for i in range(lanes)))
-    elapsed = time.perf_counter() - began
-    for service in keep:
-        await service.close()
-    return sum(counts) / elapsed
+    async def measure_async(n: int) -> Figure:
+        if name == FIND:
+            refresh_heartbeats(dsn)
+        async with async_service(dsn, SCHEMA, **harness.pool(n)) as service:
+            ops = [async_op(name, service, lane) for lane in range(n)]
+            return await harness.run_async(ops, seconds)
+
+    return harness.four_figures(measure_sync, measure_async)
 
 
-# --- event hub ---------------------------------------------------------------------------
-
-
-def _percentiles(samples: list[float]) -> tuple[float, float]:
-    ordered = sorted(samples)
-    return statistics.median(ordered) * 1000, ordered[int(len(ordered) * 0.99)] * 1000
+# --- event hub -----------------------------------------------------------------------------
 
 
 def hub_sync(dsn: str, rounds: int, messages: int) -> tuple[float, float, float]:
@@ -226,7 +162,7 @@ def hub_sync(dsn: str, rounds: int, messages: int) -> tuple[float, float, float]
             t = time.perf_counter()
             hub.publish("bench", {"i": i})
             received.wait(5)
-            samples.append(time.perf_counter() - t)
+            samples.append((time.perf_counter() - t) * 1000)
         count[0], target[0] = 0, messages
         per_lane = messages // IN_FLIGHT
 
@@ -235,16 +171,12 @@ def hub_sync(dsn: str, rounds: int, messages: int) -> tuple[float, float, float]
                 hub.publish("bench", {"i": i, "payload": "x" * 100})
 
         began = time.perf_counter()
-        threads = [threading.Thread(target=publisher) for _ in range(IN_FLIGHT)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
+        harness.in_threads([publisher] * IN_FLIGHT)
         target[0] = per_lane * IN_FLIGHT
         if count[0] < target[0]:
             done.wait(30)
         rate = count[0] / (time.perf_counter() - began)
-    return (*_percentiles(samples), rate)
+    return (*harness.percentiles(samples), rate)
 
 
 async def hub_async(dsn: str, rounds: int, messages: int) -> tuple[float, float, float]:
@@ -258,7 +190,7 @@ async def hub_async(dsn: str, rounds: int, messages: int) -> tuple[float, float,
             t = time.perf_counter()
             await hub.publish("bench", {"i": i})
             await events.__anext__()
-            samples.append(time.perf_counter() - t)
+            samples.append((time.perf_counter() - t) * 1000)
         per_lane = messages // IN_FLIGHT
 
         async def publisher() -> None:
@@ -272,70 +204,39 @@ async def hub_async(dsn: str, rounds: int, messages: int) -> tuple[float, float,
         began = time.perf_counter()
         await asyncio.gather(consumer(), *(publisher() for _ in range(IN_FLIGHT)))
         rate = per_lane * IN_FLIGHT / (time.perf_counter() - began)
-    return (*_percentiles(samples), rate)
+    return (*harness.percentiles(samples), rate)
 
 
-# --- main --------------------------------------------------------------------------------
+# --- main ----------------------------------------------------------------------------------
 
 
-def tune_embedded(dsn: str) -> None:
-    with psycopg.connect(dsn, autocommit=True) as conn:
-        conn.execute("ALTER SYSTEM SET fsync = off")
-        conn.execute("ALTER SYSTEM SET synchronous_commit = off")
-        conn.execute("SELECT pg_reload_conf()")
-
-
-def server_settings(dsn: str) -> str:
-    with psycopg.connect(dsn, autocommit=True) as conn:
-        row = conn.execute(
-            "SELECT current_setting('server_version'), current_setting('fsync'),"
-            " current_setting('synchronous_commit')"
-        ).fetchone()
-    assert row is not None
-    return f"PostgreSQL {row[0]}, fsync={row[1]}, synchronous_commit={row[2]}"
-
-
-def bench(dsn: str, seconds: float, messages: int) -> None:
-    print(server_settings(dsn), f"| {os.cpu_count()} CPUs | {seconds:g} s per figure")
-    prepare(dsn)
-    header = (
-        f"{'operation':<32} {'sync x1':>9} {'sync x16':>9} {'async x1':>9} {'async x16':>9}"
-        f" {'TS x1':>7} {'TS x16':>7}"
-    )
-    print(header)
-    print("-" * len(header))
-    for name, (ts1, ts16) in TS_REFERENCE.items():
-        figures = [
-            measure_sync(dsn, name, 1, seconds),
-            measure_sync(dsn, name, IN_FLIGHT, seconds),
-            asyncio.run(measure_async(dsn, name, 1, seconds)),
-            asyncio.run(measure_async(dsn, name, IN_FLIGHT, seconds)),
+def bench(dsn: str, args: argparse.Namespace) -> None:
+    with harness.fresh_schema(dsn, SCHEMA):
+        prepare(dsn)
+        harness.print_table(
+            [
+                Column("operation", 32, left=True),
+                *harness.FLAVOURS,
+                Column("TS x1", 7, ","),
+                Column("TS x16", 7, ","),
+            ],
+            ([name, *figures(dsn, name, args.seconds), *ts] for name, ts in TS_REFERENCE.items()),
+        )
+        print("\nevent hub (LISTEN/NOTIFY), 1 listener, publishers in the same process")
+        hub = [
+            ("sync", *hub_sync(dsn, 500, args.messages)),
+            ("async", *asyncio.run(hub_async(dsn, 500, args.messages))),
         ]
-        print(f"{name:<32} " + " ".join(f"{f:>9,.0f}" for f in figures) + f" {ts1:>7,} {ts16:>7,}")
-    print("\nevent hub (LISTEN/NOTIFY), 1 listener, publishers in the same process")
-    print(f"{'flavour':<8} {'p50 ms':>8} {'p99 ms':>8} {'msgs/s (16 publishers)':>24}")
-    for flavour, (p50, p99, rate) in (
-        ("sync", hub_sync(dsn, 500, messages)),
-        ("async", asyncio.run(hub_async(dsn, 500, messages))),
-    ):
-        print(f"{flavour:<8} {p50:>8.3f} {p99:>8.3f} {rate:>24,.0f}")
-
-
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--dsn", help="PostgreSQL conninfo (default: an embedded server)")
-    parser.add_argument("--seconds", type=float, default=2.0, help="duration of each figure")
-    parser.add_argument("--messages", type=int, default=5000, help="event hub messages")
-    args = parser.parse_args()
-    if args.dsn:
-        bench(args.dsn, args.seconds, args.messages)
-        return
-    from pikku_pg._embedded import EmbeddedPostgres
-
-    with EmbeddedPostgres() as pg:
-        tune_embedded(pg.dsn)
-        bench(pg.dsn, args.seconds, args.messages)
+        harness.print_table(
+            [
+                Column("flavour", 8, left=True),
+                Column("p50 ms", 8, ".3f"),
+                Column("p99 ms", 8, ".3f"),
+                Column(f"msgs/s ({IN_FLIGHT} publishers)", 24),
+            ],
+            hub,
+        )
 
 
 if __name__ == "__main__":
-    main()
+    harness.main(sys.modules[__name__])

@@ -91,13 +91,14 @@ def _conninfo_params(dsn: str) -> dict[str, Any]:
 
 
 @contextlib.contextmanager
-def expect_tables(schema: str, component: str) -> Iterator[None]:
+def expect_tables(schema: str, *components: str) -> Iterator[None]:
     """Turn "relation does not exist" into a not-found error that says what to run."""
     try:
         yield
     except (pg_errors.UndefinedTable, pg_errors.InvalidSchemaName, pg_errors.UndefinedObject):
+        options = " ".join(f"--component {c}" for c in components)
         raise CliError(
-            f"schema {schema!r} has no {component} tables: "
-            f"run `pikku-pg migrate --component {component} --schema {schema}`",
+            f"schema {schema!r} has no {components[0]} tables: "
+            f"run `pikku-pg migrate {options} --schema {schema}`",
             EXIT_NOT_FOUND,
         ) from None

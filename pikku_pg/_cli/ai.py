@@ -30,7 +30,9 @@ def add_commands(commands: Any, common: argparse.ArgumentParser) -> None:
     )
     threads.add_argument("--agent", metavar="NAME", help="only threads with a run of this agent")
     threads.add_argument("--resource", metavar="ID", help="only the threads of this resource")
-    threads.add_argument("--limit", type=positive_int, default=50, metavar="N", help="(50)")
+    threads.add_argument(
+        "--limit", type=positive_int, default=50, metavar="N", help="at most N threads (50)"
+    )
     threads.add_argument("--schema", default=AI_SCHEMA, help=f"({AI_SCHEMA})")
     threads.set_defaults(run=list_threads)
 

@@ -46,7 +46,9 @@ def add_commands(commands: Any, common: argparse.ArgumentParser) -> None:
         metavar="S",
         help=f"a heartbeat older than this is stale ({DEFAULT_TTL:g})",
     )
-    deployments.add_argument("--limit", type=positive_int, default=100, metavar="N", help="(100)")
+    deployments.add_argument(
+        "--limit", type=positive_int, default=100, metavar="N", help="at most N (100)"
+    )
     deployments.add_argument("--schema", default=DEPLOYMENT_SCHEMA, help=f"({DEPLOYMENT_SCHEMA})")
     deployments.set_defaults(run=list_deployments)
 

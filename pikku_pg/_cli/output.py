@@ -223,8 +223,11 @@ class Output:
 
         assert self._console is not None
         table = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False)
-        for column in columns:
-            table.add_column(column.header.upper(), no_wrap=True, overflow="ellipsis")
+        # Cells are already shortened: keep them whole (ids must stay copyable) and let a
+        # narrow terminal wrap the lines, as it does with the plain output.
+        for i, column in enumerate(columns):
+            width = max(len(column.header), *(len(row[i]) for row in cells))
+            table.add_column(column.header.upper(), no_wrap=True, min_width=width)
         for row in cells:
             table.add_row(
                 *(
@@ -232,7 +235,7 @@ class Output:
                     for column, value in zip(columns, row, strict=True)
                 )
             )
-        self._console.print(table)
+        self._console.print(table, crop=False)
 
     @contextlib.contextmanager
     def progress(self, text: str) -> Iterator[None]:

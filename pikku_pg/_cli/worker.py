@@ -9,7 +9,8 @@ module is imported, so a module that reads ``DATABASE_URL`` gets it.
 
 The worker runs until SIGINT (Ctrl-C) or SIGTERM, then stops gracefully: runs
 in flight stop at their next step boundary and are handed back to the queue.
-A second signal quits at once (leases then expire and other workers take over).
+A second signal quits at once (the leases of the jobs in hand then run out and
+other workers take them over).
 """
 
 from __future__ import annotations
@@ -183,10 +184,7 @@ def run_worker(args: argparse.Namespace, out: Output) -> int:
     if threading.current_thread() is not threading.main_thread():
         raise CliError("the worker command must run in the main thread (it handles signals)")
     if inspect.iscoroutinefunction(service.init):
-        try:
-            return asyncio.run(_run_async(service, args, out))
-        except asyncio.CancelledError:
-            return EXIT_INTERRUPTED
+        return asyncio.run(_run_async(service, args, out))
     return _run_sync(service, args, out)
 
 
@@ -197,6 +195,14 @@ def _stopping(out: Output, worker: Any) -> None:
     )
 
 
+def _quit_now(out: Output) -> None:
+    """The second signal: leave at once; the leases of the jobs in hand run out and
+    another worker takes them over."""
+    out.line("quitting now: runs in flight are taken over when their leases run out")
+    sys.stderr.flush()
+    os._exit(EXIT_INTERRUPTED)
+
+
 def _run_sync(service: Any, args: argparse.Namespace, out: Output) -> int:
     worker = service.worker(**_worker_options(args))
     signals = 0
@@ -205,7 +211,7 @@ def _run_sync(service: Any, args: argparse.Namespace, out: Output) -> int:
         nonlocal signals
         signals += 1
         if signals > 1:
-            raise KeyboardInterrupt
+            _quit_now(out)
         _stopping(out, worker)
         # Not here: the main thread may hold the lock of the event we would set.
         threading.Thread(target=worker.request_stop, daemon=True).start()
@@ -226,16 +232,13 @@ def _run_sync(service: Any, args: argparse.Namespace, out: Output) -> int:
 async def _run_async(service: Any, args: argparse.Namespace, out: Output) -> int:
     worker = service.worker(**_worker_options(args))
     loop = asyncio.get_running_loop()
-    main_task = asyncio.current_task()
     signals = 0
 
     def on_signal() -> None:
         nonlocal signals
         signals += 1
         if signals > 1:
-            if main_task is not None:
-                main_task.cancel()
-            return
+            _quit_now(out)
         _stopping(out, worker)
         worker.request_stop()
 

@@ -33,7 +33,9 @@ def add_commands(commands: Any, common: argparse.ArgumentParser) -> None:
         metavar="S",
         help=f"only runs in this status: {', '.join(WORKFLOW_STATUSES)}",
     )
-    runs.add_argument("--limit", type=positive_int, default=50, metavar="N", help="(50)")
+    runs.add_argument(
+        "--limit", type=positive_int, default=50, metavar="N", help="at most N runs (50)"
+    )
     runs.add_argument("--schema", default=WORKFLOW_SCHEMA, help=f"({WORKFLOW_SCHEMA})")
     runs.set_defaults(run=list_runs)
 
@@ -235,7 +237,7 @@ def cancel_run(args: argparse.Namespace, out: Output) -> int:
     with (
         connect(args) as conn,
         PgWorkflowService(conn, args.schema) as engine,
-        expect_tables(args.schema, "workflow"),
+        expect_tables(args.schema, "workflow", "workflow_queue"),
     ):
         engine.cancel_run(args.id, args.reason)
         run = engine.get_run(args.id)
@@ -251,7 +253,7 @@ def resume_run(args: argparse.Namespace, out: Output) -> int:
     with (
         connect(args) as conn,
         PgWorkflowService(conn, args.schema) as engine,
-        expect_tables(args.schema, "workflow"),
+        expect_tables(args.schema, "workflow", "workflow_queue"),
     ):
         engine.resume_run(args.id)
         run = engine.get_run(args.id)

@@ -1,0 +1,39 @@
+"""Run every benchmark on one server and print their tables.
+
+    python benchmarks/run_all.py [--dsn CONNINFO] [--seconds 2]
+
+Without ``--dsn`` it starts one embedded server with ``fsync`` and ``synchronous_commit``
+off for all of them. Each benchmark runs with its own defaults for its other options
+(run a script alone to change them).
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+
+import _harness as harness
+import bench_ai
+import bench_channel
+import bench_workflow
+import bench_workflow_engine
+
+BENCHMARKS = [bench_ai, bench_channel, bench_workflow, bench_workflow_engine]
+
+
+def main() -> None:
+    args = harness.parser(sys.modules[__name__]).parse_args()
+    began = time.perf_counter()
+    with harness.server(args.dsn) as dsn:
+        harness.print_server(dsn, args.seconds)
+        for module in BENCHMARKS:
+            options = harness.parser(module).parse_args(["--seconds", str(args.seconds)])
+            print(f"\n== {module.__name__} ==", flush=True)
+            started = time.perf_counter()
+            module.bench(dsn, options)
+            print(f"({module.__name__}: {time.perf_counter() - started:.0f} s)", flush=True)
+    print(f"\nall benchmarks: {time.perf_counter() - began:.0f} s")
+
+
+if __name__ == "__main__":
+    main()
