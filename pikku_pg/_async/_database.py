@@ -13,6 +13,7 @@ from psycopg.rows import AsyncRowFactory
 from psycopg_pool import AsyncConnectionPool, PoolClosed, PoolTimeout
 
 from pikku_pg._acompat import ALock
+from pikku_pg._batcher import AsyncBatcher, Fetch
 from pikku_pg._connect import (
     check_conninfo,
     connect_timeout,
@@ -75,6 +76,10 @@ class AsyncDatabase:
         self._closed = False
         self._open_lock = ALock()
         self._connection_lock = ALock()
+        # Only an owned pool's one-statement calls are batched: its connections are in
+        # autocommit, while a borrowed pool may not be and a borrowed connection may be
+        # inside the caller's transaction.
+        self._batcher: AsyncBatcher | None = None
         if isinstance(source, str):
             check_conninfo(source)
             self._conninfo = source
@@ -88,6 +93,7 @@ class AsyncDatabase:
                 **owned_pool_kwargs(pool_kwargs),
             )
             self._connect_timeout = connect_timeout(source, connection_kwargs)
+            self._batcher = AsyncBatcher(self.connection)
             return
         if connect_kwargs or pool_kwargs:
             raise TypeError("connect_kwargs and pool_kwargs apply only to a conninfo string")
@@ -201,6 +207,9 @@ class AsyncDatabase:
         row_factory: AsyncRowFactory[Row],
     ) -> list[Row]:
         """Run one statement and return all its rows."""
+        if self._batcher is not None:
+            rows: list[Row] = await self._batcher.run(query, params, row_factory, Fetch.ALL)
+            return rows
         async with self.connection() as conn:
             cur = conn.cursor(row_factory=row_factory)
             await cur.execute(query, params)
@@ -214,6 +223,9 @@ class AsyncDatabase:
         row_factory: AsyncRowFactory[Row],
     ) -> Row | None:
         """Run one statement and return its first row, or None."""
+        if self._batcher is not None:
+            row: Row | None = await self._batcher.run(query, params, row_factory, Fetch.ONE)
+            return row
         async with self.connection() as conn:
             cur = conn.cursor(row_factory=row_factory)
             await cur.execute(query, params)
@@ -221,6 +233,9 @@ class AsyncDatabase:
 
     async def execute(self, query: bytes, params: Params = None) -> int:
         """Run one statement and return the number of rows it touched."""
+        if self._batcher is not None:
+            count: int = await self._batcher.run(query, params, None, Fetch.ROWCOUNT)
+            return count
         async with self.connection() as conn:
             cur = await conn.execute(query, params)
             return cur.rowcount
