@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import functools
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, AbstractContextManager
 from typing import Any
@@ -119,34 +120,36 @@ class AsyncBatcher:
             # The task starts on a later loop turn: every call queued until then joins.
             self._queue = []
             self._in_flight += 1
-            task = loop.create_task(self._run_batch())
+            task = loop.create_task(self._run_batch(self._queue))
             self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+            task.add_done_callback(functools.partial(self._batch_done, self._queue))
         self._queue.append(call)
         return await call.future
 
-    async def _run_batch(self) -> None:
-        assert self._queue is not None
-        batch, self._queue = self._queue, None
+    async def _run_batch(self, batch: list[_Call]) -> None:
+        self._queue = None  # callers from now on form the next batch
+        calls = [c for c in batch if not c.future.done()]  # skip the cancelled
+        if not calls:
+            return
         try:
-            batch = [c for c in batch if not c.future.done()]  # skip the cancelled
-            if batch:
-                async with self._connection() as conn:
-                    if len(batch) == 1:
-                        await self._run_each(conn, batch)
-                    else:
-                        await self._run_pipeline(conn, batch)
+            async with self._connection() as conn:
+                if len(calls) == 1:
+                    await self._run_each(conn, calls)
+                else:
+                    await self._run_pipeline(conn, calls)
         except Exception as exc:
             # No connection, or it was lost mid-batch (so whether the batch committed
             # is unknown): every caller gets the error, as a direct call would.
-            for call in batch:
+            for call in calls:
                 call.settle(error=exc)
-        except BaseException:
-            for call in batch:
-                call.future.cancel()
-            raise
-        finally:
-            self._in_flight -= 1
+
+    def _batch_done(self, batch: list[_Call], task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        self._in_flight -= 1
+        if self._queue is batch:  # the task was cancelled before it started
+            self._queue = None
+        for call in batch:  # if the task died, nobody waits forever (no-op if settled)
+            call.future.cancel()
 
     async def _run_pipeline(self, conn: AsyncConnection[Any], batch: list[_Call]) -> None:
         cursors: list[psycopg.AsyncCursor[Any]] = []
