@@ -93,6 +93,12 @@ def _is_lost(conn: AsyncConnection[Any]) -> bool:
 _BATCH_CAUSED = ("25", "40")
 
 
+# Past this many calls, the next ones start another batch on another connection: while
+# the server runs one batch, Python can handle the results of the other (measured with
+# 16 in flight: reads of 50 rows lose a fifth of their throughput in single batches).
+MAX_BATCH = 8
+
+
 class AsyncBatcher:
     """Runs the one-statement calls of an owned pool, batching concurrent ones."""
 
@@ -116,7 +122,7 @@ class AsyncBatcher:
                 self._in_flight -= 1
         loop = asyncio.get_running_loop()
         call = _Call(query, params, row_factory, fetch, loop.create_future())
-        if self._queue is None:
+        if self._queue is None or len(self._queue) >= MAX_BATCH:
             # The task starts on a later loop turn: every call queued until then joins.
             self._queue = []
             self._in_flight += 1
@@ -127,7 +133,8 @@ class AsyncBatcher:
         return await call.future
 
     async def _run_batch(self, batch: list[_Call]) -> None:
-        self._queue = None  # callers from now on form the next batch
+        if self._queue is batch:
+            self._queue = None  # callers from now on form the next batch
         calls = [c for c in batch if not c.future.done()]  # skip the cancelled
         if not calls:
             return

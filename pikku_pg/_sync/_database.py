@@ -57,7 +57,8 @@ class Database:
 
     A conninfo string makes a pool that this object owns: it is opened on first use
     (or by :meth:`open`) and closed by :meth:`close`. Its connections are in
-    autocommit, so a one-statement call costs one round trip. A pool or connection
+    autocommit, so a one-statement call costs one round trip, and concurrent
+    one-statement calls share one (see ``pikku_pg._batcher``). A pool or connection
     passed in is borrowed and never closed. A borrowed single connection is used by
     one call at a time; a pool is never locked around, each call checks out its own
     connection.

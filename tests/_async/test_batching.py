@@ -17,6 +17,7 @@ from psycopg.rows import class_row, dict_row, namedtuple_row, scalar_row, tuple_
 
 from pikku_pg._acompat import agather, asleep, aspawn
 from pikku_pg._async._database import AsyncDatabase
+from pikku_pg._batcher import MAX_BATCH
 from pikku_pg.errors import DatabaseUnavailableError
 
 Call = Callable[[], Awaitable[Any]]
@@ -78,6 +79,23 @@ async def test_concurrent_calls_share_one_transaction_on_one_connection(
         assert len(set(outcomes)) == 1  # one backend, one transaction
     else:
         assert len({o[1] for o in outcomes}) == 5  # one transaction each
+
+
+async def test_a_long_queue_is_split_into_batches_in_order(db: AsyncDatabase) -> None:
+    query = b"SELECT %s::int, pg_current_xact_id()::text"
+    calls: list[Call] = [
+        lambda i=i: db.fetch_one(query, (i,), row_factory=tuple_row)
+        for i in range(2 * MAX_BATCH + 3)
+    ]
+    outcomes = await _together(db, calls)
+    assert [o[0] for o in outcomes] == list(range(len(calls)))
+    transactions = [o[1] for o in outcomes]
+    if True:  # ASYNC
+        firsts = transactions[::MAX_BATCH]
+        assert transactions == [x for x in firsts for _ in range(MAX_BATCH)][: len(calls)]
+        assert len(set(firsts)) == 3
+    else:
+        assert len(set(transactions)) == len(calls)
 
 
 async def test_a_failing_statement_fails_only_its_own_caller(

@@ -17,6 +17,7 @@ from psycopg import Connection, errors
 from psycopg.rows import class_row, dict_row, namedtuple_row, scalar_row, tuple_row
 
 from pikku_pg._acompat import gather, sleep, spawn
+from pikku_pg._batcher import MAX_BATCH
 from pikku_pg._sync._database import Database
 from pikku_pg.errors import DatabaseUnavailableError
 
@@ -70,6 +71,18 @@ def test_concurrent_calls_share_one_transaction_on_one_connection(
     outcomes = _together(db, calls)
     assert all(isinstance(o, tuple) for o in outcomes)
     assert len({o[1] for o in outcomes}) == 5  # one transaction each
+
+
+def test_a_long_queue_is_split_into_batches_in_order(db: Database) -> None:
+    query = b"SELECT %s::int, pg_current_xact_id()::text"
+    calls: list[Call] = [
+        lambda i=i: db.fetch_one(query, (i,), row_factory=tuple_row)
+        for i in range(2 * MAX_BATCH + 3)
+    ]
+    outcomes = _together(db, calls)
+    assert [o[0] for o in outcomes] == list(range(len(calls)))
+    transactions = [o[1] for o in outcomes]
+    assert len(set(transactions)) == len(calls)
 
 
 def test_a_failing_statement_fails_only_its_own_caller(
