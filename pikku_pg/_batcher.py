@@ -87,6 +87,11 @@ def _is_lost(conn: AsyncConnection[Any]) -> bool:
     return conn.closed or conn.broken
 
 
+def _from_server(exc: Exception) -> bool:
+    """Whether ``exc`` is a statement's failure (raised by a later ``execute``)."""
+    return bool(getattr(exc, "sqlstate", None)) or isinstance(exc, psycopg.errors.PipelineAborted)
+
+
 # SQLSTATE classes of errors caused by sharing a transaction with the rest of the batch
 # (deadlock, serialization failure, "cannot run inside a transaction block"): run
 # alone, the statement may well succeed.
@@ -159,13 +164,21 @@ class AsyncBatcher:
             call.future.cancel()
 
     async def _run_pipeline(self, conn: AsyncConnection[Any], batch: list[_Call]) -> None:
-        cursors: list[psycopg.AsyncCursor[Any]] = []
+        sent: list[tuple[_Call, psycopg.AsyncCursor[Any]]] = []
         try:
             async with conn.pipeline() as pipeline:
                 for call in batch:
                     cur = conn.cursor(row_factory=call.row_factory)
-                    await cur.execute(call.query, call.params)
-                    cursors.append(cur)
+                    try:
+                        await cur.execute(call.query, call.params)
+                    except Exception as exc:
+                        if _is_lost(conn) or _from_server(exc):
+                            raise
+                        # Refused by psycopg before anything was sent (parameters that
+                        # do not fit): that caller's error; the batch goes on.
+                        call.settle(error=exc)
+                        continue
+                    sent.append((call, cur))
                 await pipeline.sync()
         except Exception as exc:
             if _is_lost(conn):
@@ -174,14 +187,13 @@ class AsyncBatcher:
             # one without a result failed, and its error rolled back the others. Its
             # caller gets that error; the others run again, alone (nothing of theirs
             # was committed), and so get what they would have got without batching.
-            done = [cur.pgresult is not None for cur in cursors]
-            failed = done.index(False) if False in done else len(cursors)
+            failed = next((call for call, cur in sent if cur.pgresult is None), None)
             sqlstate = getattr(exc, "sqlstate", None) or ""
-            if failed < len(batch) and not sqlstate.startswith(_BATCH_CAUSED):
-                batch[failed].settle(error=exc)
-            await self._run_each(conn, batch)
+            if failed is not None and sqlstate and not sqlstate.startswith(_BATCH_CAUSED):
+                failed.settle(error=exc)
+            await self._run_each(conn, [call for call, _ in sent])
             return
-        for call, cur in zip(batch, cursors, strict=True):
+        for call, cur in sent:
             try:
                 result = await _result(cur, call.fetch)
             except Exception as exc:  # a row factory refusing a row: that caller's error

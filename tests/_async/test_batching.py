@@ -124,6 +124,22 @@ async def test_a_failing_statement_fails_only_its_own_caller(
     assert await cur.fetchall() == [(1,), (2,), (3,)]
 
 
+async def test_a_call_refused_before_reaching_the_server_fails_alone(
+    db: AsyncDatabase, table: str
+) -> None:
+    calls: list[Call] = [
+        lambda: db.execute(b"INSERT INTO batching_t (v) VALUES (1)"),
+        lambda: db.fetch_one(b"SELECT %s", (1, 2), row_factory=tuple_row),  # 2 params for 1
+        lambda: db.execute(b"INSERT INTO batching_t (v) VALUES (1)"),  # unique violation
+        lambda: db.fetch_all(b"SELECT v FROM batching_t", row_factory=scalar_row),
+    ]
+    outcomes = await _together(db, calls)
+    assert outcomes[0] == 1
+    assert isinstance(outcomes[1], psycopg.ProgrammingError)
+    assert isinstance(outcomes[2], errors.UniqueViolation)
+    assert outcomes[3] == [1]
+
+
 async def test_statements_of_different_callers_run_in_call_order(
     db: AsyncDatabase, table: str
 ) -> None:

@@ -111,6 +111,20 @@ def test_a_failing_statement_fails_only_its_own_caller(
     assert cur.fetchall() == [(1,), (2,), (3,)]
 
 
+def test_a_call_refused_before_reaching_the_server_fails_alone(db: Database, table: str) -> None:
+    calls: list[Call] = [
+        lambda: db.execute(b"INSERT INTO batching_t (v) VALUES (1)"),
+        lambda: db.fetch_one(b"SELECT %s", (1, 2), row_factory=tuple_row),  # 2 params for 1
+        lambda: db.execute(b"INSERT INTO batching_t (v) VALUES (1)"),  # unique violation
+        lambda: db.fetch_all(b"SELECT v FROM batching_t", row_factory=scalar_row),
+    ]
+    outcomes = _together(db, calls)
+    assert outcomes[0] == 1
+    assert isinstance(outcomes[1], psycopg.ProgrammingError)
+    assert isinstance(outcomes[2], errors.UniqueViolation)
+    assert outcomes[3] == [1]
+
+
 def test_statements_of_different_callers_run_in_call_order(db: Database, table: str) -> None:
     calls: list[Call] = [
         lambda: db.execute(b"INSERT INTO batching_t (v) VALUES (10)"),
