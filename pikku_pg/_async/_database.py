@@ -13,6 +13,7 @@ from psycopg.rows import AsyncRowFactory
 from psycopg_pool import AsyncConnectionPool, PoolClosed, PoolTimeout
 
 from pikku_pg._acompat import ALock
+from pikku_pg._batcher import AsyncBatcher, Fetch
 from pikku_pg._connect import (
     check_conninfo,
     connect_timeout,
@@ -55,7 +56,8 @@ class AsyncDatabase:
 
     A conninfo string makes a pool that this object owns: it is opened on first use
     (or by :meth:`open`) and closed by :meth:`close`. Its connections are in
-    autocommit, so a one-statement call costs one round trip. A pool or connection
+    autocommit, so a one-statement call costs one round trip, and concurrent
+    one-statement calls share one (see ``pikku_pg._batcher``). A pool or connection
     passed in is borrowed and never closed. A borrowed single connection is used by
     one call at a time; a pool is never locked around, each call checks out its own
     connection.
@@ -75,6 +77,10 @@ class AsyncDatabase:
         self._closed = False
         self._open_lock = ALock()
         self._connection_lock = ALock()
+        # Only an owned pool's one-statement calls are batched: its connections are in
+        # autocommit, while a borrowed pool may not be and a borrowed connection may be
+        # inside the caller's transaction.
+        self._batcher: AsyncBatcher | None = None
         if isinstance(source, str):
             check_conninfo(source)
             self._conninfo = source
@@ -88,6 +94,7 @@ class AsyncDatabase:
                 **owned_pool_kwargs(pool_kwargs),
             )
             self._connect_timeout = connect_timeout(source, connection_kwargs)
+            self._batcher = AsyncBatcher(self.connection)
             return
         if connect_kwargs or pool_kwargs:
             raise TypeError("connect_kwargs and pool_kwargs apply only to a conninfo string")
@@ -201,6 +208,9 @@ class AsyncDatabase:
         row_factory: AsyncRowFactory[Row],
     ) -> list[Row]:
         """Run one statement and return all its rows."""
+        if self._batcher is not None:
+            rows: list[Row] = await self._batcher.run(query, params, row_factory, Fetch.ALL)
+            return rows
         async with self.connection() as conn:
             cur = conn.cursor(row_factory=row_factory)
             await cur.execute(query, params)
@@ -214,6 +224,9 @@ class AsyncDatabase:
         row_factory: AsyncRowFactory[Row],
     ) -> Row | None:
         """Run one statement and return its first row, or None."""
+        if self._batcher is not None:
+            row: Row | None = await self._batcher.run(query, params, row_factory, Fetch.ONE)
+            return row
         async with self.connection() as conn:
             cur = conn.cursor(row_factory=row_factory)
             await cur.execute(query, params)
@@ -221,6 +234,9 @@ class AsyncDatabase:
 
     async def execute(self, query: bytes, params: Params = None) -> int:
         """Run one statement and return the number of rows it touched."""
+        if self._batcher is not None:
+            count: int = await self._batcher.run(query, params, None, Fetch.ROWCOUNT)
+            return count
         async with self.connection() as conn:
             cur = await conn.execute(query, params)
             return cur.rowcount

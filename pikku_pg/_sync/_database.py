@@ -14,6 +14,7 @@ from psycopg.rows import RowFactory
 from psycopg_pool import ConnectionPool, PoolClosed, PoolTimeout
 
 from pikku_pg._acompat import Lock
+from pikku_pg._batcher import Batcher, Fetch
 from pikku_pg._connect import (
     check_conninfo,
     connect_timeout,
@@ -56,7 +57,8 @@ class Database:
 
     A conninfo string makes a pool that this object owns: it is opened on first use
     (or by :meth:`open`) and closed by :meth:`close`. Its connections are in
-    autocommit, so a one-statement call costs one round trip. A pool or connection
+    autocommit, so a one-statement call costs one round trip, and concurrent
+    one-statement calls share one (see ``pikku_pg._batcher``). A pool or connection
     passed in is borrowed and never closed. A borrowed single connection is used by
     one call at a time; a pool is never locked around, each call checks out its own
     connection.
@@ -76,6 +78,10 @@ class Database:
         self._closed = False
         self._open_lock = Lock()
         self._connection_lock = Lock()
+        # Only an owned pool's one-statement calls are batched: its connections are in
+        # autocommit, while a borrowed pool may not be and a borrowed connection may be
+        # inside the caller's transaction.
+        self._batcher: Batcher | None = None
         if isinstance(source, str):
             check_conninfo(source)
             self._conninfo = source
@@ -89,6 +95,7 @@ class Database:
                 **owned_pool_kwargs(pool_kwargs),
             )
             self._connect_timeout = connect_timeout(source, connection_kwargs)
+            self._batcher = Batcher(self.connection)
             return
         if connect_kwargs or pool_kwargs:
             raise TypeError("connect_kwargs and pool_kwargs apply only to a conninfo string")
@@ -202,6 +209,9 @@ class Database:
         row_factory: RowFactory[Row],
     ) -> list[Row]:
         """Run one statement and return all its rows."""
+        if self._batcher is not None:
+            rows: list[Row] = self._batcher.run(query, params, row_factory, Fetch.ALL)
+            return rows
         with self.connection() as conn:
             cur = conn.cursor(row_factory=row_factory)
             cur.execute(query, params)
@@ -215,6 +225,9 @@ class Database:
         row_factory: RowFactory[Row],
     ) -> Row | None:
         """Run one statement and return its first row, or None."""
+        if self._batcher is not None:
+            row: Row | None = self._batcher.run(query, params, row_factory, Fetch.ONE)
+            return row
         with self.connection() as conn:
             cur = conn.cursor(row_factory=row_factory)
             cur.execute(query, params)
@@ -222,6 +235,9 @@ class Database:
 
     def execute(self, query: bytes, params: Params = None) -> int:
         """Run one statement and return the number of rows it touched."""
+        if self._batcher is not None:
+            count: int = self._batcher.run(query, params, None, Fetch.ROWCOUNT)
+            return count
         with self.connection() as conn:
             cur = conn.execute(query, params)
             return cur.rowcount
