@@ -187,39 +187,38 @@ async def test_every_row_factory_gives_what_it_gives_alone(db: AsyncDatabase) ->
     assert isinstance(outcomes[-1], TypeError)
 
 
-async def test_a_cancelled_caller_does_not_disturb_the_others(
-    db: AsyncDatabase, admin_conn: AsyncConnection[Any]
-) -> None:
-    if True:  # ASYNC
-        pass
-    else:
-        pytest.skip("threads cannot be cancelled")
-    results: dict[str, Any] = {}
+# Only tasks can be cancelled (threads cannot): this test has no sync twin.
+if True:  # ASYNC
 
-    async def call(key: str, query: bytes) -> None:
-        results[key] = await db.fetch_one(query, row_factory=tuple_row)
+    async def test_a_cancelled_caller_does_not_disturb_the_others(
+        db: AsyncDatabase, admin_conn: AsyncConnection[Any]
+    ) -> None:
+        results: dict[str, Any] = {}
 
-    holder = aspawn(db.execute, (b"SELECT pg_sleep(0.3)",))
-    await asleep(0.05)
-    queued = aspawn(call, ("queued", b"SELECT 1"))
-    in_flight = aspawn(call, ("in flight", b"SELECT 2, pg_sleep(0.3)"))
-    other = aspawn(call, ("other", b"SELECT 3"))
-    await asleep(0)  # the three have queued their statements; the batch has not started
-    queued.cancel()
-    await asleep(0.1)  # now the batch is in the database
-    in_flight.cancel()
-    await agather(holder, other, timeout=10)
-    assert queued.cancelled()
-    assert in_flight.cancelled()
-    assert results == {"other": (3,)}
-    # The pool's connections are back, idle and usable.
-    calls: list[Call] = [lambda: db.fetch_one(b"SELECT 4", row_factory=tuple_row)] * 8
-    assert await _together(db, calls, hold=0.05) == [(4,)] * 8
-    cur = await admin_conn.execute(
-        "SELECT count(*) FROM pg_stat_activity"
-        " WHERE datname = current_database() AND state LIKE 'idle in transaction%'"
-    )
-    assert await cur.fetchone() == (0,)
+        async def call(key: str, query: bytes) -> None:
+            results[key] = await db.fetch_one(query, row_factory=tuple_row)
+
+        holder = aspawn(db.execute, (b"SELECT pg_sleep(0.3)",))
+        await asleep(0.05)
+        queued = aspawn(call, ("queued", b"SELECT 1"))
+        in_flight = aspawn(call, ("in flight", b"SELECT 2, pg_sleep(0.3)"))
+        other = aspawn(call, ("other", b"SELECT 3"))
+        await asleep(0)  # the three have queued their statements; the batch has not started
+        queued.cancel()
+        await asleep(0.1)  # now the batch is in the database
+        in_flight.cancel()
+        await agather(holder, other, timeout=10)
+        assert queued.cancelled()
+        assert in_flight.cancelled()
+        assert results == {"other": (3,)}
+        # The pool's connections are back, idle and usable.
+        calls: list[Call] = [lambda: db.fetch_one(b"SELECT 4", row_factory=tuple_row)] * 8
+        assert await _together(db, calls, hold=0.05) == [(4,)] * 8
+        cur = await admin_conn.execute(
+            "SELECT count(*) FROM pg_stat_activity"
+            " WHERE datname = current_database() AND state LIKE 'idle in transaction%'"
+        )
+        assert await cur.fetchone() == (0,)
 
 
 @pytest.mark.timeout(60)

@@ -170,36 +170,7 @@ def test_every_row_factory_gives_what_it_gives_alone(db: Database) -> None:
     assert isinstance(outcomes[-1], TypeError)
 
 
-def test_a_cancelled_caller_does_not_disturb_the_others(
-    db: Database, admin_conn: Connection[Any]
-) -> None:
-    pytest.skip("threads cannot be cancelled")
-    results: dict[str, Any] = {}
-
-    def call(key: str, query: bytes) -> None:
-        results[key] = db.fetch_one(query, row_factory=tuple_row)
-
-    holder = spawn(db.execute, (b"SELECT pg_sleep(0.3)",))
-    sleep(0.05)
-    queued = spawn(call, ("queued", b"SELECT 1"))
-    in_flight = spawn(call, ("in flight", b"SELECT 2, pg_sleep(0.3)"))
-    other = spawn(call, ("other", b"SELECT 3"))
-    sleep(0)  # the three have queued their statements; the batch has not started
-    queued.cancel()
-    sleep(0.1)  # now the batch is in the database
-    in_flight.cancel()
-    gather(holder, other, timeout=10)
-    assert queued.cancelled()
-    assert in_flight.cancelled()
-    assert results == {"other": (3,)}
-    # The pool's connections are back, idle and usable.
-    calls: list[Call] = [lambda: db.fetch_one(b"SELECT 4", row_factory=tuple_row)] * 8
-    assert _together(db, calls, hold=0.05) == [(4,)] * 8
-    cur = admin_conn.execute(
-        "SELECT count(*) FROM pg_stat_activity"
-        " WHERE datname = current_database() AND state LIKE 'idle in transaction%'"
-    )
-    assert cur.fetchone() == (0,)
+# Only tasks can be cancelled (threads cannot): this test has no sync twin.
 
 
 @pytest.mark.timeout(60)
