@@ -14,6 +14,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import psutil
@@ -147,10 +148,21 @@ def test_unreachable_dsn_fails_the_session_fast(tmp_path: Path) -> None:
     assert elapsed < 15, output
 
 
-_created_schema: list[str] = []
+@pytest.fixture
+def dropped_afterwards(pg_dsn: str) -> Iterator[list[str]]:
+    """Set up before ``schema_name``, so torn down after it: checks that it dropped its schema."""
+    names: list[str] = []
+    yield names
+    with psycopg.connect(pg_dsn, connect_timeout=5) as conn:
+        row = conn.execute(
+            "SELECT count(*) FROM pg_namespace WHERE nspname = ANY(%s)", [names]
+        ).fetchone()
+    assert names and row == (0,), f"schema(s) {names} left behind"
 
 
-def test_schema_name_fixture(pg_dsn: str, pg_server_version: int, schema_name: str) -> None:
+def test_schema_name_fixture(
+    dropped_afterwards: list[str], pg_dsn: str, pg_server_version: int, schema_name: str
+) -> None:
     assert schema_name.startswith("t_") and len(schema_name) == 14
     assert pg_server_version >= 130000
     with psycopg.connect(pg_dsn, autocommit=True, connect_timeout=5) as conn:
@@ -159,14 +171,4 @@ def test_schema_name_fixture(pg_dsn: str, pg_server_version: int, schema_name: s
         ).fetchone() == (0,)
         conn.execute(f'CREATE SCHEMA "{schema_name}"')
         conn.execute(f'CREATE TABLE "{schema_name}".t (id int)')
-    _created_schema.append(schema_name)
-
-
-def test_schema_name_fixture_dropped_the_schema(pg_dsn: str) -> None:
-    if not _created_schema:
-        pytest.skip("runs after test_schema_name_fixture")
-    with psycopg.connect(pg_dsn, connect_timeout=5) as conn:
-        row = conn.execute(
-            "SELECT count(*) FROM pg_namespace WHERE nspname = %s", [_created_schema[0]]
-        ).fetchone()
-    assert row == (0,)
+    dropped_afterwards.append(schema_name)
