@@ -502,7 +502,7 @@ class AsyncReplayEngine:
             if status == "pending":
                 await self.store.set_step_scheduled(step_id)
             # Idempotent: one job per step; the step job queues the next replay.
-            await self.queue.enqueue_step(state.run.id, name)
+            await self.queue.enqueue_step(state.run.id, name, backoff=backoff)
             raise _Yield(None)
         fn: Callable[..., Any] = rpc.fn if rpc is not None else target  # type: ignore[assignment]
         base_delay = parse_retry_delay(delay_text)
@@ -641,7 +641,8 @@ class AsyncReplayEngine:
             if attempt < 1 + (step.retries or 0):
                 await self.store.create_retry_attempt(step.step_id, "pending")
                 await self.store.set_step_scheduled(step.step_id)
-                await self.queue.reschedule(job, parse_retry_delay(step.retry_delay))
+                delay = backoff_delay(parse_retry_delay(step.retry_delay), attempt, job.backoff)
+                await self.queue.reschedule(job, delay)
                 return
         else:
             try:

@@ -25,7 +25,7 @@ from pikku_pg._rows.workflow import (
     run_from_row,
     run_uuid,
 )
-from pikku_pg._rows.workflow_engine import notify_channel
+from pikku_pg._rows.workflow_engine import check_backoff, notify_channel
 from pikku_pg._sql.workflow_queue import queue_queries
 from pikku_pg.errors import StepExistsError
 from pikku_pg.models.workflow import WorkflowRun, WorkflowRunWire
@@ -47,6 +47,8 @@ class Job:
     run: WorkflowRun | None = None
     #: Whether the run had any step when the job was claimed.
     has_steps: bool = True
+    #: A step job's retry back-off: ``"fixed"`` or ``"exponential"``.
+    backoff: str = "fixed"
 
 
 class AsyncWorkflowQueue:
@@ -106,12 +108,15 @@ class AsyncWorkflowQueue:
         row = await self._db.fetch_one(self._q.reopen_run, params, row_factory=tuple_row)
         return bool(row and row[0])
 
-    async def enqueue_step(self, run_id: str, step_name: str, delay: float = 0.0) -> None:
-        """Queue a job that runs one queued RPC step of a run."""
+    async def enqueue_step(
+        self, run_id: str, step_name: str, delay: float = 0.0, backoff: str = "fixed"
+    ) -> None:
+        """Queue a job that runs one queued RPC step of a run (with its retry back-off)."""
         params = {
             "run_id": run_uuid(run_id),
             "step_name": check_text("step_name", step_name),
             "delay": float(delay),
+            "backoff": check_backoff(backoff),
             "channel": self.channel,
         }
         await self._db.execute(self._q.enqueue_step, params)
@@ -130,6 +135,7 @@ class AsyncWorkflowQueue:
                 int(r["attempts"]),
                 None if r["workflow_run_id"] is None else run_from_row(r),
                 bool(r["has_steps"]),
+                r["backoff"],
             )
             for r in rows
         ]

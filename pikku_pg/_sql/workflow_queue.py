@@ -63,9 +63,20 @@ CREATE INDEX IF NOT EXISTS workflow_jobs_token_idx
   ON {schema}.workflow_jobs (lease_token) WHERE lease_token IS NOT NULL;
 """
 
+# The retry back-off of a queued RPC step travels with its job (the TypeScript step
+# row has only retries and retry_delay).
+V2_STEP_BACKOFF = """\
+ALTER TABLE {schema}.workflow_jobs
+  ADD COLUMN IF NOT EXISTS backoff TEXT NOT NULL DEFAULT 'fixed'
+    CHECK (backoff IN ('fixed', 'exponential'));
+"""
+
 WORKFLOW_QUEUE = Component(
     "workflow_queue",
-    (Migration(1, "job table of queued workflow runs", V1_JOBS),),
+    (
+        Migration(1, "job table of queued workflow runs", V1_JOBS),
+        Migration(2, "retry back-off of queued steps", V2_STEP_BACKOFF),
+    ),
 )
 #: For ``pikku_pg._components`` (apply after the ``workflow`` component: it references
 #: ``workflow_runs``).
@@ -132,9 +143,9 @@ SELECT (SELECT count(*) FROM r), (SELECT count(*) FROM j),
 
 ENQUEUE_STEP = """\
 WITH j AS (
-  INSERT INTO {schema}.workflow_jobs AS j (workflow_run_id, kind, step_name, run_at)
+  INSERT INTO {schema}.workflow_jobs AS j (workflow_run_id, kind, step_name, run_at, backoff)
   VALUES (%(run_id)s, 'step', %(step_name)s,
-          now() + make_interval(secs => %(delay)s::float8))
+          now() + make_interval(secs => %(delay)s::float8), %(backoff)s)
   ON CONFLICT (workflow_run_id, step_name) WHERE kind = 'step' DO UPDATE SET
     run_at = CASE WHEN j.status = 'pending' THEN LEAST(j.run_at, EXCLUDED.run_at)
              ELSE j.run_at END,
@@ -172,10 +183,10 @@ WITH due AS (
   WHERE j.job_id = c.job_id
   RETURNING j.job_id AS job_id, j.workflow_run_id AS job_run_id, j.kind AS kind,
             j.step_name AS step_name, j.lease_token::text AS lease_token,
-            j.attempts AS attempts
+            j.attempts AS attempts, j.backoff AS backoff
 )
 SELECT u.job_id, u.job_run_id::text AS job_run_id, u.kind, u.step_name, u.lease_token,
-       u.attempts,
+       u.attempts, u.backoff,
        EXISTS (SELECT FROM {schema}.workflow_step AS s
                WHERE s.workflow_run_id = u.job_run_id) AS has_steps,
        """

@@ -499,7 +499,7 @@ class ReplayEngine:
             if status == "pending":
                 self.store.set_step_scheduled(step_id)
             # Idempotent: one job per step; the step job queues the next replay.
-            self.queue.enqueue_step(state.run.id, name)
+            self.queue.enqueue_step(state.run.id, name, backoff=backoff)
             raise _Yield(None)
         fn: Callable[..., Any] = rpc.fn if rpc is not None else target  # type: ignore[assignment]
         base_delay = parse_retry_delay(delay_text)
@@ -638,7 +638,8 @@ class ReplayEngine:
             if attempt < 1 + (step.retries or 0):
                 self.store.create_retry_attempt(step.step_id, "pending")
                 self.store.set_step_scheduled(step.step_id)
-                self.queue.reschedule(job, parse_retry_delay(step.retry_delay))
+                delay = backoff_delay(parse_retry_delay(step.retry_delay), attempt, job.backoff)
+                self.queue.reschedule(job, delay)
                 return
         else:
             try:

@@ -20,7 +20,12 @@ async def test_schema_matches_typescript_catalog(
 ) -> None:
     wf = AsyncPgWorkflowService(pg_dsn, schema_name)
     try:
-        assert await wf.init() == [("workflow", 1), ("workflow", 2), ("workflow_queue", 1)]
+        assert await wf.init() == [
+            ("workflow", 1),
+            ("workflow", 2),
+            ("workflow_queue", 1),
+            ("workflow_queue", 2),
+        ]
         assert await wf.init() == []
     finally:
         await wf.close()

@@ -247,6 +247,57 @@ async def test_queued_retry_waits_as_a_delayed_job(wf: AsyncPgWorkflowService) -
     assert history[0].error is not None and history[0].error.name == "TimeoutError"
 
 
+async def test_queued_rpc_retries_back_off_exponentially(
+    wf: AsyncPgWorkflowService, schema_name: str, admin_conn: Any
+) -> None:
+    """The back-off of a queued RPC step travels with its job: 10 s, then 20 s."""
+    attempts: list[int] = []
+
+    @wf.rpc("charge", queued=True)
+    async def charge(_: Any) -> str:
+        attempts.append(len(attempts) + 1)
+        if len(attempts) < 3:
+            raise ConnectionError(f"gateway down (attempt {len(attempts)})")
+        return "charged"
+
+    @wf.workflow("pay")
+    async def pay(ctx: AsyncWorkflowContext, _: Any) -> Any:
+        return await ctx.do("charge", "charge", retries=2, retry_delay="10s", backoff="exponential")
+
+    async def step_job_delay(failures: int) -> float:
+        """Once ``failures`` attempts failed: seconds until the step job is due."""
+
+        async def waiting() -> bool:
+            jobs = await wf.get_run_jobs(run_id)
+            step_jobs = [j for j in jobs if j["kind"] == "step"]
+            return (
+                len(attempts) == failures
+                and bool(step_jobs)
+                and step_jobs[0]["status"] == "pending"
+                and step_jobs[0]["attempts"] == failures
+            )
+
+        await _wait_until(waiting)
+        cur = await admin_conn.execute(
+            f'SELECT extract(epoch FROM run_at - updated_at) FROM "{schema_name}".workflow_jobs'
+            " WHERE kind = 'step'"
+        )
+        row = await cur.fetchone()
+        # Make it due now, so the test does not wait for the back-off itself.
+        await admin_conn.execute(
+            f"UPDATE \"{schema_name}\".workflow_jobs SET run_at = now() WHERE kind = 'step'"
+        )
+        return float(row[0])
+
+    async with wf.worker(concurrency=1, **FAST):
+        run_id = await wf.start_workflow("pay", None)
+        assert await step_job_delay(1) == pytest.approx(10.0, abs=0.5)
+        assert await step_job_delay(2) == pytest.approx(20.0, abs=0.5)
+        run = await wf.wait_for_run(run_id, timeout=10)
+    assert run.status == "completed" and run.output == "charged"
+    assert attempts == [1, 2, 3]
+
+
 async def test_suspend_and_resume_queued(wf: AsyncPgWorkflowService) -> None:
     @wf.workflow("approval")
     async def approval(ctx: AsyncWorkflowContext, _: Any) -> str:

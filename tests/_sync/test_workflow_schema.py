@@ -21,7 +21,12 @@ def test_schema_matches_typescript_catalog(
 ) -> None:
     wf = PgWorkflowService(pg_dsn, schema_name)
     try:
-        assert wf.init() == [("workflow", 1), ("workflow", 2), ("workflow_queue", 1)]
+        assert wf.init() == [
+            ("workflow", 1),
+            ("workflow", 2),
+            ("workflow_queue", 1),
+            ("workflow_queue", 2),
+        ]
         assert wf.init() == []
     finally:
         wf.close()

@@ -248,6 +248,57 @@ def test_queued_retry_waits_as_a_delayed_job(wf: PgWorkflowService) -> None:
     assert history[0].error is not None and history[0].error.name == "TimeoutError"
 
 
+def test_queued_rpc_retries_back_off_exponentially(
+    wf: PgWorkflowService, schema_name: str, admin_conn: Any
+) -> None:
+    """The back-off of a queued RPC step travels with its job: 10 s, then 20 s."""
+    attempts: list[int] = []
+
+    @wf.rpc("charge", queued=True)
+    def charge(_: Any) -> str:
+        attempts.append(len(attempts) + 1)
+        if len(attempts) < 3:
+            raise ConnectionError(f"gateway down (attempt {len(attempts)})")
+        return "charged"
+
+    @wf.workflow("pay")
+    def pay(ctx: WorkflowContext, _: Any) -> Any:
+        return ctx.do("charge", "charge", retries=2, retry_delay="10s", backoff="exponential")
+
+    def step_job_delay(failures: int) -> float:
+        """Once ``failures`` attempts failed: seconds until the step job is due."""
+
+        def waiting() -> bool:
+            jobs = wf.get_run_jobs(run_id)
+            step_jobs = [j for j in jobs if j["kind"] == "step"]
+            return (
+                len(attempts) == failures
+                and bool(step_jobs)
+                and step_jobs[0]["status"] == "pending"
+                and step_jobs[0]["attempts"] == failures
+            )
+
+        _wait_until(waiting)
+        cur = admin_conn.execute(
+            f'SELECT extract(epoch FROM run_at - updated_at) FROM "{schema_name}".workflow_jobs'
+            " WHERE kind = 'step'"
+        )
+        row = cur.fetchone()
+        # Make it due now, so the test does not wait for the back-off itself.
+        admin_conn.execute(
+            f"UPDATE \"{schema_name}\".workflow_jobs SET run_at = now() WHERE kind = 'step'"
+        )
+        return float(row[0])
+
+    with wf.worker(concurrency=1, **FAST):
+        run_id = wf.start_workflow("pay", None)
+        assert step_job_delay(1) == pytest.approx(10.0, abs=0.5)
+        assert step_job_delay(2) == pytest.approx(20.0, abs=0.5)
+        run = wf.wait_for_run(run_id, timeout=10)
+    assert run.status == "completed" and run.output == "charged"
+    assert attempts == [1, 2, 3]
+
+
 def test_suspend_and_resume_queued(wf: PgWorkflowService) -> None:
     @wf.workflow("approval")
     def approval(ctx: WorkflowContext, _: Any) -> str:
