@@ -191,7 +191,9 @@ class AsyncBatcher:
             sqlstate = getattr(exc, "sqlstate", None) or ""
             if failed is not None and sqlstate and not sqlstate.startswith(_BATCH_CAUSED):
                 failed.settle(error=exc)
-            await self._run_each(conn, [call for call, _ in sent])
+            # psycopg may raise an earlier statement's error from a later execute(): the
+            # calls not sent yet run alone too (``_run_each`` skips the settled ones).
+            await self._run_each(conn, batch)
             return
         for call, cur in sent:
             try:
