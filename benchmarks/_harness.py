@@ -10,6 +10,9 @@ with ``_harness.main(sys.modules[__name__])``; ``run_all.py`` runs such modules 
   N threads (sync) or N asyncio tasks (async); N = 1 is the sequential figure.
 * :func:`round_trips`: round trips of one call, counted in a libpq trace.
 * :func:`print_table`: a plain-text table.
+* :func:`ts_figures`: the TS columns, the issue's figures or (``--ts``) TypeScript ``@pikku/pg``
+  0.12.1 measured in this run by a node script in ``benchmarks/ts`` (a script with TS columns
+  names it in ``TS_SCRIPT``).
 """
 
 from __future__ import annotations
@@ -17,8 +20,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import json
 import os
+import shutil
 import statistics
+import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -32,10 +39,12 @@ from collections.abc import (
     Sequence,
 )
 from dataclasses import dataclass
+from pathlib import Path
 from types import ModuleType
 from typing import Any
 
 import psycopg
+from psycopg.conninfo import conninfo_to_dict
 
 IN_FLIGHT = 16
 """Calls in flight for the concurrent figures."""
@@ -45,10 +54,12 @@ IN_FLIGHT = 16
 
 
 def parser(module: ModuleType) -> argparse.ArgumentParser:
-    """``--dsn``, ``--seconds`` and the module's own options (its ``add_arguments``)."""
+    """``--dsn``, ``--seconds``, ``--ts`` if it has a ``TS_SCRIPT``, its own ``add_arguments``."""
     result = argparse.ArgumentParser(description=(module.__doc__ or "").split("\n\n")[0])
     result.add_argument("--dsn", help="PostgreSQL conninfo (default: an embedded server)")
     result.add_argument("--seconds", type=float, default=2.0, help="duration of each figure")
+    if hasattr(module, "TS_SCRIPT"):
+        add_ts_argument(result)
     add_arguments = getattr(module, "add_arguments", None)
     if add_arguments is not None:
         add_arguments(result)
@@ -58,6 +69,8 @@ def parser(module: ModuleType) -> argparse.ArgumentParser:
 def main(module: ModuleType) -> None:
     """Run one benchmark module from the command line."""
     args = parser(module).parse_args()
+    if getattr(args, "ts", False):
+        install_ts()
     with server(args.dsn) as dsn:
         print_server(dsn, args.seconds if getattr(module, "TIMED", True) else None)
         module.bench(dsn, args)
@@ -283,3 +296,89 @@ def print_table(columns: Sequence[Column], rows: Iterable[Sequence[object]]) -> 
     print("-" * len(header))
     for row in rows:
         print(line(row))
+
+
+# --- TypeScript comparison ----------------------------------------------------------------------
+
+TS_DIR = Path(__file__).resolve().parent / "ts"
+"""The node project running TypeScript ``@pikku/pg`` 0.12.1 on the same operations."""
+
+TS_COLUMNS = [Column("TS x1", 7), Column(f"TS x{IN_FLIGHT}", 7)]
+"""The columns of :func:`ts_figures`."""
+
+# The conninfo parameters passed to node, as the libpq variables postgres.js reads too.
+_NODE_ENVIRONMENT = {
+    "host": "PGHOST",
+    "port": "PGPORT",
+    "user": "PGUSER",
+    "dbname": "PGDATABASE",
+    "password": "PGPASSWORD",
+}
+
+
+def add_ts_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--ts",
+        action="store_true",
+        help="measure TypeScript @pikku/pg 0.12.1 in this run, after each line's Python figures"
+        " (needs node and npm; see benchmarks/ts)",
+    )
+
+
+def install_ts() -> None:
+    """Check that node and npm are there; ``npm ci`` in ``benchmarks/ts`` if not done yet."""
+    missing = [tool for tool in ("node", "npm") if shutil.which(tool) is None]
+    if missing:
+        raise SystemExit(f"--ts needs node and npm on the PATH; not found: {', '.join(missing)}")
+    if (TS_DIR / "node_modules").is_dir():
+        return
+    print(f"npm ci in {TS_DIR}", file=sys.stderr, flush=True)
+    done = subprocess.run(
+        ["npm", "ci", "--no-audit", "--no-fund"], cwd=TS_DIR, stdout=sys.stderr, check=False
+    )
+    if done.returncode:
+        raise SystemExit(f"npm ci failed in {TS_DIR} (exit status {done.returncode})")
+
+
+def print_ts_note(args: argparse.Namespace, script: str) -> None:
+    """Say where the TS columns of the next table come from."""
+    if args.ts:
+        print(
+            f"TS columns: TypeScript @pikku/pg 0.12.1, measured in this run on this server,"
+            f" after each line's Python figures (node benchmarks/ts/{script})"
+        )
+    else:
+        print(
+            "TS columns: TypeScript @pikku/pg 0.12.1 as the issue gives it"
+            " (not measured in this run; --ts measures it)"
+        )
+
+
+def ts_figures(
+    args: argparse.Namespace,
+    dsn: str,
+    script: str,
+    reference: Mapping[str, tuple[float, float]],
+    operation: str,
+) -> tuple[float | None, float | None]:
+    """The TS columns of a line: ops/s with 1 and :data:`IN_FLIGHT` calls in flight.
+
+    Without ``--ts``, the issue's figures (``reference``; none if it has no such line). With it,
+    ``node benchmarks/ts/<script> SECONDS OPERATION`` measures them now on the server of ``dsn``.
+    """
+    if not args.ts:
+        return reference.get(operation, (None, None))
+    environment = dict(os.environ)
+    for key, value in conninfo_to_dict(dsn).items():
+        if key in _NODE_ENVIRONMENT and value is not None:
+            environment[_NODE_ENVIRONMENT[key]] = str(value)
+    out = subprocess.run(
+        ["node", script, str(args.seconds), operation],
+        cwd=TS_DIR,
+        env=environment,
+        stdout=subprocess.PIPE,
+        text=True,
+        check=True,
+    ).stdout
+    x1, x16 = json.loads(out)[operation]
+    return x1, x16

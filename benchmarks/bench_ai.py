@@ -1,21 +1,19 @@
 """Benchmark of the AI storage services (ops/s, sync and async, 1 and 16 in flight).
 
-    python benchmarks/bench_ai.py [--dsn CONNINFO] [--seconds 2] [--big 100000]
+    python benchmarks/bench_ai.py [--dsn CONNINFO] [--seconds 2] [--big 100000] [--ts]
 
 Without ``--dsn`` it starts an embedded server with ``fsync`` and
 ``synchronous_commit`` off (how the TypeScript reference figures were measured).
 With ``--dsn`` it uses that server as it is configured (its settings are printed).
 It also counts the round trips of one call of each operation (libpq trace: one
 ``Sync`` message per round trip) and compares ``get_messages(last_n=50)`` latency on
-a 500-message thread and a ``--big``-message thread.
+a 500-message thread and a ``--big``-message thread. With ``--ts``, TypeScript
+``@pikku/pg`` 0.12.1 is measured on the same server after each line (``ts/ai.mjs``).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import subprocess
 import sys
 import uuid
 from collections.abc import Awaitable, Callable
@@ -24,12 +22,12 @@ from typing import Any
 import _harness as harness
 import psycopg
 from _harness import IN_FLIGHT, Column, Figure
-from psycopg.conninfo import conninfo_to_dict
 
 from pikku_pg import AsyncPgAIStorageService, PgAIStorageService
 
 SCHEMA = "bench_ai"
-# TypeScript @pikku/pg 0.12.1 on this kind of machine (sequential, 16 in flight).
+TS_SCRIPT = "ai.mjs"
+# TypeScript @pikku/pg 0.12.1 on this kind of machine (sequential, 16 in flight), from the issue.
 TS_REFERENCE = {
     "create_thread": (4098, 10932),
     "save_messages (10 msgs)": (574, 1558),
@@ -40,12 +38,6 @@ TS_REFERENCE = {
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--big", type=int, default=100_000, help="messages in the big thread")
-    parser.add_argument(
-        "--ts-bench",
-        metavar="SCRIPT",
-        help="a node script running the same operations with @pikku/pg (prints JSON), "
-        "run on the same server for the TS columns",
-    )
 
 
 def batch() -> list[dict[str, Any]]:
@@ -187,26 +179,6 @@ def latency(dsn: str, thread_id: str, seconds: float) -> Figure:
         return harness.run_sync([lambda: store.get_messages(thread_id, last_n=50)], seconds)
 
 
-def typescript_figures(
-    script: str, dsn: str, seconds: float, operation: str
-) -> dict[str, tuple[int, int]]:
-    """Run a TypeScript @pikku/pg benchmark of one operation on the same server.
-
-    ``script`` is a node script taking (socket dir, seconds, operation) and printing
-    ``{operation: [ops/s x1, ops/s x16]}`` as JSON.
-    """
-    params = conninfo_to_dict(dsn)
-    out = subprocess.run(
-        ["node", script, str(params.get("host") or "localhost"), str(seconds), operation],
-        check=True,
-        capture_output=True,
-        text=True,
-        cwd=os.path.dirname(os.path.abspath(script)),
-    ).stdout
-    result = json.loads(out.strip().splitlines()[-1])
-    return {name: (round(x1), round(x16)) for name, (x1, x16) in result.items()}
-
-
 # --- main ------------------------------------------------------------------------------------
 
 
@@ -215,25 +187,18 @@ def bench(dsn: str, args: argparse.Namespace) -> None:
         lanes = prepare(dsn, args.big)
         with psycopg.connect(dsn, autocommit=True) as conn:
             trips = harness.round_trips(conn, sync_ops(PgAIStorageService(conn, SCHEMA), lanes[0]))
-        reference = dict(TS_REFERENCE)
         rows = []
         for name, trip in trips.items():
-            if args.ts_bench:
-                # Interleaved with ours, so both see the same machine load.
-                reference.update(typescript_figures(args.ts_bench, dsn, args.seconds, name))
-            ts = reference.get(name, (None, None))
-            rows.append([name, trip, *figures(dsn, name, lanes, args.seconds), *ts])
-        if args.ts_bench:
-            print("TS columns: measured in this run, on this server, with", args.ts_bench)
-        else:
-            print("TS columns: the reference figures of the issue (not measured here)")
+            ours = figures(dsn, name, lanes, args.seconds)
+            ts = harness.ts_figures(args, dsn, TS_SCRIPT, TS_REFERENCE, name)
+            rows.append([name, trip, *ours, *ts])
+        harness.print_ts_note(args, TS_SCRIPT)
         harness.print_table(
             [
                 Column("operation", 32, left=True),
                 Column("trips", 5),
                 *harness.FLAVOURS,
-                Column("TS x1", 7, ","),
-                Column("TS x16", 7, ","),
+                *harness.TS_COLUMNS,
             ],
             rows,
         )

@@ -1,11 +1,12 @@
 """Benchmark of channels, subscriptions, deployments and the event hub (sync and async).
 
-    python benchmarks/bench_channel.py [--dsn CONNINFO] [--seconds 2] [--messages 5000]
+    python benchmarks/bench_channel.py [--dsn CONNINFO] [--seconds 2] [--messages 5000] [--ts]
 
 Without ``--dsn`` it starts an embedded server with ``fsync`` and ``synchronous_commit``
 off (how the TypeScript reference figures were measured). Prints ops/s with 1 and 16
-calls in flight, for each flavour, next to TypeScript ``@pikku/pg`` 0.12.1; then the
-event hub's publish->receive latency (p50/p99) and messages/s.
+calls in flight, for each flavour, next to TypeScript ``@pikku/pg`` 0.12.1 (the issue's
+figures, or with ``--ts`` measured on the same server after each line: ``ts/channel.mjs``);
+then the event hub's publish->receive latency (p50/p99) and messages/s.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from pikku_pg import (
 from pikku_pg.models import EventHubMessage
 
 SCHEMA = "bench_channel"
+TS_SCRIPT = "channel.mjs"
 DEPLOYMENTS = 200
 ADD_REMOVE = "add_channel + remove_channels"
 SUBSCRIBE = "subscribe"
@@ -213,14 +215,17 @@ async def hub_async(dsn: str, rounds: int, messages: int) -> tuple[float, float,
 def bench(dsn: str, args: argparse.Namespace) -> None:
     with harness.fresh_schema(dsn, SCHEMA):
         prepare(dsn)
+        harness.print_ts_note(args, TS_SCRIPT)
         harness.print_table(
-            [
-                Column("operation", 32, left=True),
-                *harness.FLAVOURS,
-                Column("TS x1", 7, ","),
-                Column("TS x16", 7, ","),
-            ],
-            ([name, *figures(dsn, name, args.seconds), *ts] for name, ts in TS_REFERENCE.items()),
+            [Column("operation", 32, left=True), *harness.FLAVOURS, *harness.TS_COLUMNS],
+            (
+                [
+                    name,
+                    *figures(dsn, name, args.seconds),
+                    *harness.ts_figures(args, dsn, TS_SCRIPT, TS_REFERENCE, name),
+                ]
+                for name in TS_REFERENCE
+            ),
         )
         print("\nevent hub (LISTEN/NOTIFY), 1 listener, publishers in the same process")
         hub = [

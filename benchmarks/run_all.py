@@ -1,14 +1,15 @@
 """Run every benchmark on one server and print their tables.
 
-    python benchmarks/run_all.py [--dsn CONNINFO] [--seconds 2]
+    python benchmarks/run_all.py [--dsn CONNINFO] [--seconds 2] [--ts]
 
 Without ``--dsn`` it starts one embedded server with ``fsync`` and ``synchronous_commit``
-off for all of them. Each benchmark runs with its own defaults for its other options
-(run a script alone to change them).
+off for all of them. ``--ts`` goes to the benchmarks that have TS columns. Each benchmark
+runs with its own defaults for its other options (run a script alone to change them).
 """
 
 from __future__ import annotations
 
+import argparse
 import sys
 import time
 
@@ -21,13 +22,22 @@ import bench_workflow_engine
 BENCHMARKS = [bench_ai, bench_channel, bench_workflow, bench_workflow_engine]
 
 
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    harness.add_ts_argument(parser)
+
+
 def main() -> None:
     args = harness.parser(sys.modules[__name__]).parse_args()
+    if args.ts:
+        harness.install_ts()
     began = time.perf_counter()
     with harness.server(args.dsn) as dsn:
         harness.print_server(dsn, args.seconds)
         for module in BENCHMARKS:
-            options = harness.parser(module).parse_args(["--seconds", str(args.seconds)])
+            argv = ["--seconds", str(args.seconds)]
+            if args.ts and hasattr(module, "TS_SCRIPT"):
+                argv.append("--ts")
+            options = harness.parser(module).parse_args(argv)
             print(f"\n== {module.__name__} ==", flush=True)
             started = time.perf_counter()
             module.bench(dsn, options)
