@@ -22,8 +22,7 @@ from __future__ import annotations
 import asyncio
 import enum
 import functools
-from collections.abc import Callable, Mapping, Sequence
-from contextlib import AbstractAsyncContextManager, AbstractContextManager
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
 import psycopg
@@ -108,9 +107,12 @@ class AsyncBatcher:
     """Runs the one-statement calls of an owned pool, batching concurrent ones."""
 
     def __init__(
-        self, connection: Callable[[], AbstractAsyncContextManager[AsyncConnection[Any]]]
+        self,
+        checkout: Callable[[], Awaitable[AsyncConnection[Any]]],
+        checkin: Callable[[AsyncConnection[Any]], Awaitable[None]],
     ) -> None:
-        self._connection = connection
+        self._checkout = checkout
+        self._checkin = checkin
         self._in_flight = 0  # direct calls and batches (queued or running)
         self._queue: list[_Call] | None = None  # the next batch, until its task starts
         self._tasks: set[asyncio.Task[None]] = set()  # strong references to running batches
@@ -121,8 +123,11 @@ class AsyncBatcher:
             # Alone: no batch to join, so no task hop; later callers batch behind us.
             self._in_flight += 1
             try:
-                async with self._connection() as conn:
+                conn = await self._checkout()
+                try:
                     return await _run_alone(conn, query, params, row_factory, fetch)
+                finally:
+                    await self._checkin(conn)
             finally:
                 self._in_flight -= 1
         loop = asyncio.get_running_loop()
@@ -144,11 +149,14 @@ class AsyncBatcher:
         if not calls:
             return
         try:
-            async with self._connection() as conn:
+            conn = await self._checkout()
+            try:
                 if len(calls) == 1:
                     await self._run_each(conn, calls)
                 else:
                     await self._run_pipeline(conn, calls)
+            finally:
+                await self._checkin(conn)
         except Exception as exc:
             # No connection, or it was lost mid-batch (so whether the batch committed
             # is unknown): every caller gets the error, as a direct call would.
@@ -223,12 +231,18 @@ class AsyncBatcher:
 class Batcher:
     """The sync twin: each thread runs its statement on its own pooled connection."""
 
-    def __init__(self, connection: Callable[[], AbstractContextManager[Connection[Any]]]) -> None:
-        self._connection = connection
+    def __init__(
+        self,
+        checkout: Callable[[], Connection[Any]],
+        checkin: Callable[[Connection[Any]], None],
+    ) -> None:
+        self._checkout = checkout
+        self._checkin = checkin
 
     def run(self, query: bytes, params: Params, row_factory: Any, fetch: Fetch) -> Any:
         """Run one statement and return what ``fetch`` asks for."""
-        with self._connection() as conn:
+        conn = self._checkout()
+        try:
             cur = conn.cursor(row_factory=row_factory)
             cur.execute(query, params)
             if fetch is Fetch.ALL:
@@ -236,3 +250,5 @@ class Batcher:
             if fetch is Fetch.ONE:
                 return cur.fetchone()
             return cur.rowcount
+        finally:
+            self._checkin(conn)

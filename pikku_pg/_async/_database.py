@@ -94,7 +94,7 @@ class AsyncDatabase:
                 **owned_pool_kwargs(pool_kwargs),
             )
             self._connect_timeout = connect_timeout(source, connection_kwargs)
-            self._batcher = AsyncBatcher(self.connection)
+            self._batcher = AsyncBatcher(self._checkout, self._checkin)
             return
         if connect_kwargs or pool_kwargs:
             raise TypeError("connect_kwargs and pool_kwargs apply only to a conninfo string")
@@ -153,6 +153,29 @@ class AsyncDatabase:
         if self._owns_pool and self._pool is not None:
             await self._pool.close()
 
+    async def _checkout(self) -> AsyncConnection[Any]:
+        """A connection of the pool (opening an owned one first), with clear errors.
+
+        A bare checkout, not the pool's context manager: that one adds a commit call
+        and two generator frames to every statement.
+        """
+        if self._closed:
+            raise ServiceClosedError("the service is closed")
+        if self._owns_pool and not self._pool_opened:
+            await self.open()
+        assert self._pool is not None
+        try:
+            return await self._pool.getconn()
+        except PoolClosed:
+            raise DatabaseUnavailableError("the connection pool is closed") from None
+        except PoolTimeout as exc:
+            raise DatabaseUnavailableError(f"no pooled connection available: {exc}") from None
+
+    async def _checkin(self, conn: AsyncConnection[Any]) -> None:
+        """Give back a connection of :meth:`_checkout` (the pool replaces a broken one)."""
+        assert self._pool is not None
+        await self._pool.putconn(conn)
+
     def connection(self) -> AbstractAsyncContextManager[AsyncConnection[Any]]:
         """A connection for one call.
 
@@ -190,15 +213,14 @@ class AsyncDatabase:
                 async with _scope(conn, mode):
                     yield conn
             return
-        await self.open()
-        assert self._pool is not None
+        conn = await self._checkout()
+        if mode is _Mode.PLAIN and not conn.autocommit:
+            mode = _Mode.TRANSACTION  # a borrowed pool's: commit the block, as psycopg's would
         try:
-            async with self._pool.connection() as conn, _scope(conn, mode):
+            async with _scope(conn, mode):
                 yield conn
-        except PoolClosed:
-            raise DatabaseUnavailableError("the connection pool is closed") from None
-        except PoolTimeout as exc:
-            raise DatabaseUnavailableError(f"no pooled connection available: {exc}") from None
+        finally:
+            await self._checkin(conn)
 
     async def fetch_all(
         self,

@@ -13,6 +13,7 @@ from typing import Any, ClassVar
 
 from psycopg.rows import tuple_row
 
+from pikku_pg._arrays import EMPTY_ARRAY
 from pikku_pg._async._service import AsyncPgService
 from pikku_pg._json import json_text
 from pikku_pg._rows import ai as rows
@@ -178,7 +179,7 @@ class AsyncPgAIStorageService(AsyncPgService):
         if isinstance(messages, (str, bytes, Mapping)):
             raise InvalidInputError("messages must be a list of messages")
         params = rows.encode_messages(tid, messages)
-        if not params["ids"] and not params["result_ids"]:
+        if params is None:
             return
         with rows.translate_errors(f"save_messages({tid!r})", tid):
             row = await self._db.fetch_one(self._save_messages, params, row_factory=tuple_row)
@@ -224,7 +225,7 @@ class AsyncPgAIStorageService(AsyncPgService):
         for an approval whose tool call is not stored in the run's thread.
         """
         params = rows.encode_new_run(run)
-        plain = not params["a_ids"]
+        plain = params["a_ids"] == EMPTY_ARRAY
         query = self._create_run_plain if plain else self._create_run
         with rows.translate_errors("create_run", params["thread_id"]):
             row = await self._db.fetch_one(query, params, row_factory=tuple_row)

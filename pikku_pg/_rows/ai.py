@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 import psycopg
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
+from pikku_pg._arrays import text_array, timestamp_array
 from pikku_pg._json import check_text, dumps, json_text
 from pikku_pg.errors import ConflictError, InvalidInputError, ThreadNotFoundError
 from pikku_pg.models._base import trusted
@@ -209,8 +210,8 @@ def thread_from_row(row: Sequence[Any]) -> AIThread:
 # --- messages --------------------------------------------------------------------------------
 
 
-def encode_messages(thread_id: str, messages: Iterable[object]) -> dict[str, Any]:
-    """Validate a batch for ``save_messages`` and build its parameters.
+def encode_messages(thread_id: str, messages: Iterable[object]) -> dict[str, Any] | None:
+    """Validate a batch for ``save_messages`` and build its parameters (None: nothing to save).
 
     Non-tool messages become rows (with their tool calls, in order); the results of
     ``tool`` messages fill in tool calls, of this batch or stored before (the last
@@ -249,22 +250,24 @@ def encode_messages(thread_id: str, messages: Iterable[object]) -> dict[str, Any
             tc_args.append(json_text(f"args of tool call {call.id!r}", call.args))
     if len(set(tc_ids)) != len(tc_ids):
         raise InvalidInputError("a tool call id appears twice in the batch")
+    if not ids and not results:
+        return None
     batch_results = [results.get(tc_id) for tc_id in tc_ids]
     return {
         "thread_id": thread_id,
-        "ids": ids,
-        "roles": roles,
-        "contents": contents,
-        "created": created,
-        "tc_ids": tc_ids,
-        "tc_message_ids": tc_message_ids,
-        "tc_names": tc_names,
-        "tc_args": tc_args,
-        "tc_results": batch_results,
+        "ids": text_array(ids),
+        "roles": text_array(roles),
+        "contents": text_array(contents),
+        "created": timestamp_array(created),
+        "tc_ids": text_array(tc_ids),
+        "tc_message_ids": text_array(tc_message_ids),
+        "tc_names": text_array(tc_names),
+        "tc_args": text_array(tc_args),
+        "tc_results": text_array(batch_results),
         # Every result also goes to the UPDATE, which only sees tool calls stored before
         # this statement (e.g. those of a message of the batch that is already stored).
-        "result_ids": list(results),
-        "result_values": list(results.values()),
+        "result_ids": text_array(results),
+        "result_values": text_array(results.values()),
     }
 
 
@@ -359,11 +362,11 @@ def encode_approvals(approvals: Sequence[object] | None) -> dict[str, Any]:
     if len(set(a_ids)) != len(a_ids):
         raise InvalidInputError("a tool call appears twice in the pending approvals")
     return {
-        "a_ids": a_ids,
-        "a_types": a_types,
-        "a_agent_run_ids": a_agent_run_ids,
-        "a_display_names": a_display_names,
-        "a_display_args": a_display_args,
+        "a_ids": text_array(a_ids),
+        "a_types": text_array(a_types),
+        "a_agent_run_ids": text_array(a_agent_run_ids),
+        "a_display_names": text_array(a_display_names),
+        "a_display_args": text_array(a_display_args),
     }
 
 

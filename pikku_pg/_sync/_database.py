@@ -95,7 +95,7 @@ class Database:
                 **owned_pool_kwargs(pool_kwargs),
             )
             self._connect_timeout = connect_timeout(source, connection_kwargs)
-            self._batcher = Batcher(self.connection)
+            self._batcher = Batcher(self._checkout, self._checkin)
             return
         if connect_kwargs or pool_kwargs:
             raise TypeError("connect_kwargs and pool_kwargs apply only to a conninfo string")
@@ -154,6 +154,29 @@ class Database:
         if self._owns_pool and self._pool is not None:
             self._pool.close()
 
+    def _checkout(self) -> Connection[Any]:
+        """A connection of the pool (opening an owned one first), with clear errors.
+
+        A bare checkout, not the pool's context manager: that one adds a commit call
+        and two generator frames to every statement.
+        """
+        if self._closed:
+            raise ServiceClosedError("the service is closed")
+        if self._owns_pool and not self._pool_opened:
+            self.open()
+        assert self._pool is not None
+        try:
+            return self._pool.getconn()
+        except PoolClosed:
+            raise DatabaseUnavailableError("the connection pool is closed") from None
+        except PoolTimeout as exc:
+            raise DatabaseUnavailableError(f"no pooled connection available: {exc}") from None
+
+    def _checkin(self, conn: Connection[Any]) -> None:
+        """Give back a connection of :meth:`_checkout` (the pool replaces a broken one)."""
+        assert self._pool is not None
+        self._pool.putconn(conn)
+
     def connection(self) -> AbstractContextManager[Connection[Any]]:
         """A connection for one call.
 
@@ -191,15 +214,14 @@ class Database:
                 with _scope(conn, mode):
                     yield conn
             return
-        self.open()
-        assert self._pool is not None
+        conn = self._checkout()
+        if mode is _Mode.PLAIN and not conn.autocommit:
+            mode = _Mode.TRANSACTION  # a borrowed pool's: commit the block, as psycopg's would
         try:
-            with self._pool.connection() as conn, _scope(conn, mode):
+            with _scope(conn, mode):
                 yield conn
-        except PoolClosed:
-            raise DatabaseUnavailableError("the connection pool is closed") from None
-        except PoolTimeout as exc:
-            raise DatabaseUnavailableError(f"no pooled connection available: {exc}") from None
+        finally:
+            self._checkin(conn)
 
     def fetch_all(
         self,
