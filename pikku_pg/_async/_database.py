@@ -214,11 +214,15 @@ class AsyncDatabase:
                     yield conn
             return
         conn = await self._checkout()
-        if mode is _Mode.PLAIN and not conn.autocommit:
-            mode = _Mode.TRANSACTION  # a borrowed pool's: commit the block, as psycopg's would
         try:
-            async with _scope(conn, mode):
-                yield conn
+            if mode is _Mode.PLAIN and not conn.autocommit:
+                # A borrowed pool's: commit on success, roll back on error, as the
+                # pool's own context manager does (the block may commit by itself).
+                async with conn:
+                    yield conn
+            else:
+                async with _scope(conn, mode):
+                    yield conn
         finally:
             await self._checkin(conn)
 

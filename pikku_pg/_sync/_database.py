@@ -215,11 +215,15 @@ class Database:
                     yield conn
             return
         conn = self._checkout()
-        if mode is _Mode.PLAIN and not conn.autocommit:
-            mode = _Mode.TRANSACTION  # a borrowed pool's: commit the block, as psycopg's would
         try:
-            with _scope(conn, mode):
-                yield conn
+            if mode is _Mode.PLAIN and not conn.autocommit:
+                # A borrowed pool's: commit on success, roll back on error, as the
+                # pool's own context manager does (the block may commit by itself).
+                with conn:
+                    yield conn
+            else:
+                with _scope(conn, mode):
+                    yield conn
         finally:
             self._checkin(conn)
 
