@@ -8,6 +8,7 @@ columns (type, nullability, default), keys, indexes and the enum types.
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -31,9 +32,14 @@ def _found(conn: psycopg.Connection[Any], schema: str) -> dict[str, Any]:
             (schema,),
         )
     }
-    indexes = dict(
-        conn.execute("SELECT indexname, indexdef FROM pg_indexes WHERE schemaname = %s", (schema,))
-    )
+    # Storage parameters (``WITH (fastupdate='off')``) tune an index without changing
+    # what it indexes: a TypeScript writer and reader work the same with them.
+    indexes = {
+        name: re.sub(r" WITH \([^)]*\)$", "", definition)
+        for name, definition in conn.execute(
+            "SELECT indexname, indexdef FROM pg_indexes WHERE schemaname = %s", (schema,)
+        )
+    }
     constraints = {
         (t.split(".")[-1], n): d
         for t, n, d in conn.execute(

@@ -31,7 +31,9 @@ def read_text_array(conn: psycopg.Connection, literal: str) -> list[str | None]:
 
 @settings(max_examples=300, deadline=None)
 @given(values=st.lists(st.none() | texts, max_size=8))
-def test_text_arrays_read_back_unchanged(conn: psycopg.Connection, values: list[str | None]) -> None:
+def test_text_arrays_read_back_unchanged(
+    conn: psycopg.Connection, values: list[str | None]
+) -> None:
     assert read_text_array(conn, text_array(values)) == values
 
 
@@ -41,7 +43,7 @@ def test_text_arrays_read_back_unchanged(conn: psycopg.Connection, values: list[
         [],
         [""],
         ["NULL", "null", None],
-        ['say "hi"', "back\\slash", "\\\"", "{a,b}", " padded ", "a,b", "new\nline"],
+        ['say "hi"', "back\\slash", '\\"', "{a,b}", " padded ", "a,b", "new\nline"],
         ["€ ☃ 𝄞", "tab\there"],
     ],
     ids=["empty", "empty-string", "null-words", "specials", "unicode"],

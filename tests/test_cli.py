@@ -340,7 +340,7 @@ def test_deployments_live_stale_and_by_function(cli: Any, stored: Stored) -> Non
 def test_migrate_json_then_up_to_date(cli: Any, schema_name: str) -> None:
     first = cli("migrate", "--component", "deployment", "--json")
     assert first.code == 0
-    assert first.json() == [{"component": "deployment", "schema": schema_name, "applied": [1]}]
+    assert first.json() == [{"component": "deployment", "schema": schema_name, "applied": [1, 2]}]
     again = cli("migrate", "--component", "deployment")
     assert again.out.strip() == f"deployment in schema {schema_name}: already up to date"
 

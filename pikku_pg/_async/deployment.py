@@ -9,6 +9,7 @@ from typing import Any, ClassVar
 from psycopg.rows import tuple_row
 
 from pikku_pg._acompat import AEvent, agather, aspawn, await_event
+from pikku_pg._arrays import text_array
 from pikku_pg._async._database import ConnectionSource
 from pikku_pg._async._service import AsyncPgService
 from pikku_pg._rows.deployment import (
@@ -136,7 +137,8 @@ class AsyncPgDeploymentService(AsyncPgService):
         picks it over a scan once the table is large enough for it to pay.
         """
         name = check_function_name(name)
-        rows = await self._db.fetch_all(self._find, ([name], self._ttl), row_factory=tuple_row)
+        params = (text_array((name,)), self._ttl)
+        rows = await self._db.fetch_all(self._find, params, row_factory=tuple_row)
         return [deployment_from_row(row) for row in rows]
 
     async def _stop_heartbeat(self) -> None:

@@ -1,6 +1,7 @@
 """SQL of the ``deployment`` component: the registry of running deployments.
 
-Version 1 is the DDL of TypeScript ``@pikku/pg`` 0.12.1 with ``IF NOT EXISTS``.
+Version 1 is the DDL of TypeScript ``@pikku/pg`` 0.12.1 with ``IF NOT EXISTS``; version 2
+tunes its GIN index for ``find_function``.
 """
 
 from __future__ import annotations
@@ -23,9 +24,22 @@ CREATE INDEX IF NOT EXISTS idx_pikku_deployments_heartbeat
     ON {schema}.pikku_deployments (last_heartbeat);
 """
 
+# Every heartbeat rewrites its row, and so adds the row's functions to the GIN index. With
+# fastupdate (the default) they go to a pending list that every lookup scans in full until
+# a vacuum merges it: find_function then costs more than a scan of the table, and the
+# planner stops using the index. Written directly, they cost a heartbeat a few
+# microseconds more (one every 10 s per deployment) and keep lookups at index speed.
+V2_GIN_WITHOUT_PENDING_LIST = """\
+ALTER INDEX {schema}.idx_pikku_deployments_functions SET (fastupdate = off);
+SELECT gin_clean_pending_list('{schema}.idx_pikku_deployments_functions'::regclass);
+"""
+
 COMPONENT = Component(
     "deployment",
-    (Migration(1, "deployments (TypeScript 0.12.1)", V1_TYPESCRIPT_TABLE),),
+    (
+        Migration(1, "deployments (TypeScript 0.12.1)", V1_TYPESCRIPT_TABLE),
+        Migration(2, "GIN index on functions without a pending list", V2_GIN_WITHOUT_PENDING_LIST),
+    ),
 )
 
 # Used by start(), and by a heartbeat that found its row gone (removed by a cleanup job,
@@ -53,10 +67,16 @@ WHERE deployment_id = %s
 
 # `functions @> ARRAY[name]` can use the GIN index; `name = ANY(functions)` cannot. The
 # one-element array is the parameter, so a generic plan does not build it for each row.
+# The sort is outside the OFFSET 0 fence so that the planner does not walk the heartbeat
+# index backwards, testing every live row, to save sorting the few that match.
 FIND_FUNCTION = """\
 SELECT deployment_id, endpoint
-FROM {schema}.pikku_deployments
-WHERE functions @> %s::text[]
-  AND last_heartbeat > now() - make_interval(secs => %s)
+FROM (
+    SELECT deployment_id, endpoint, last_heartbeat
+    FROM {schema}.pikku_deployments
+    WHERE functions @> %s::text[]
+      AND last_heartbeat > now() - make_interval(secs => %s)
+    OFFSET 0
+) live
 ORDER BY last_heartbeat DESC, deployment_id
 """

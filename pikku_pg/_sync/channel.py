@@ -10,6 +10,7 @@ from typing import Any, ClassVar
 from psycopg import errors as pg_errors
 from psycopg.rows import tuple_row
 
+from pikku_pg._arrays import text_array
 from pikku_pg._json import check_text
 from pikku_pg._rows.channel import (
     channel_from_row,
@@ -66,7 +67,7 @@ class PgChannelStore(PgService):
         ids = check_channel_ids(channel_ids)
         if not ids:
             return
-        self._db.execute(self._remove, (ids,))
+        self._db.execute(self._remove, (text_array(ids),))
 
     def set_user_session(self, channel_id: str, session: Any) -> None:
         """Set (a dict or pydantic model) or clear (``None``) the user session of a channel.

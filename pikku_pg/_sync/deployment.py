@@ -10,6 +10,7 @@ from typing import Any, ClassVar
 from psycopg.rows import tuple_row
 
 from pikku_pg._acompat import Event, gather, spawn, wait_event
+from pikku_pg._arrays import text_array
 from pikku_pg._rows.deployment import (
     check_function_name,
     check_seconds,
@@ -137,7 +138,8 @@ class PgDeploymentService(PgService):
         picks it over a scan once the table is large enough for it to pay.
         """
         name = check_function_name(name)
-        rows = self._db.fetch_all(self._find, ([name], self._ttl), row_factory=tuple_row)
+        params = (text_array((name,)), self._ttl)
+        rows = self._db.fetch_all(self._find, params, row_factory=tuple_row)
         return [deployment_from_row(row) for row in rows]
 
     def _stop_heartbeat(self) -> None:

@@ -120,6 +120,45 @@ def test_find_function_uses_the_gin_index(
     assert "idx_pikku_deployments_functions" in plan, plan
 
 
+def test_find_function_keeps_using_the_gin_index_after_heartbeats(
+    pg_dsn: str, schema_name: str, admin_conn: Connection[Any]
+) -> None:
+    """Heartbeats rewrite rows; without a GIN pending list the index stays the cheap path."""
+    from pikku_pg._sql import deployment, render
+
+    with PgDeploymentService(pg_dsn, schema_name) as registry:
+        registry.init()
+    table = pgsql.Identifier(schema_name, "pikku_deployments")
+    admin_conn.execute(
+        pgsql.SQL(
+            "INSERT INTO {} (deployment_id, endpoint, functions)"
+            " SELECT 'd' || d, 'http://d' || d,"
+            " ARRAY(SELECT 'f' || (d * 7 % 40 + k) FROM generate_series(0, 19) k)"
+            " FROM generate_series(1, 200) d"
+        ).format(table)
+    )
+    for _ in range(5):  # what a few rounds of heartbeats do to the index
+        admin_conn.execute(pgsql.SQL("UPDATE {} SET last_heartbeat = now()").format(table))
+    admin_conn.execute(pgsql.SQL("ANALYZE {}").format(table))
+    cur = admin_conn.execute(
+        "SELECT reloptions FROM pg_class WHERE oid = %s::regclass",
+        (f'"{schema_name}".idx_pikku_deployments_functions',),
+    )
+    assert cur.fetchone() == (["fastupdate=off"],)
+    query = render(deployment.FIND_FUNCTION, schema_name).decode()
+    query = query.replace("%s", "$1", 1).replace("%s", "$2", 1)
+    with admin_conn.transaction():
+        # The plan that a prepared find_function settles on, with no planner setting forced.
+        admin_conn.execute("SET LOCAL plan_cache_mode = force_generic_plan")
+        admin_conn.execute(f"PREPARE find(text[], float8) AS {query}")
+        cur = admin_conn.execute("EXPLAIN EXECUTE find('{f0}', 30)")
+        plan = "\n".join(row[0] for row in cur.fetchall())
+        admin_conn.execute("DEALLOCATE find")
+    assert "Bitmap Index Scan on idx_pikku_deployments_functions" in plan, plan
+    with PgDeploymentService(pg_dsn, schema_name) as registry:
+        assert len(registry.find_function("f0")) == 5
+
+
 def test_start_accepts_a_model_or_a_dict(
     pg_dsn: str, schema_name: str, admin_conn: Connection[Any]
 ) -> None:
@@ -251,5 +290,5 @@ def test_heartbeat_survives_a_server_restart(caplog: pytest.LogCaptureFixture) -
 
 def test_schema_matches_the_typescript_catalog(pg_dsn: str, schema_name: str) -> None:
     with PgDeploymentService(pg_dsn, schema_name) as registry:
-        assert registry.init() == [("deployment", 1)]
+        assert registry.init() == [("deployment", 1), ("deployment", 2)]
     assert catalog_differences(pg_dsn, "pikku", schema_name, ["pikku_deployments"]) == []
