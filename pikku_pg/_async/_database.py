@@ -165,11 +165,12 @@ class AsyncDatabase:
             await self.open()
         assert self._pool is not None
         try:
-            return await self._pool.getconn()
+            conn: AsyncConnection[Any] = await self._pool.getconn()
         except PoolClosed:
             raise DatabaseUnavailableError("the connection pool is closed") from None
         except PoolTimeout as exc:
             raise DatabaseUnavailableError(f"no pooled connection available: {exc}") from None
+        return conn
 
     async def _checkin(self, conn: AsyncConnection[Any]) -> None:
         """Give back a connection of :meth:`_checkout` (the pool replaces a broken one)."""

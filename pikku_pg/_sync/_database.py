@@ -166,11 +166,12 @@ class Database:
             self.open()
         assert self._pool is not None
         try:
-            return self._pool.getconn()
+            conn: Connection[Any] = self._pool.getconn()
         except PoolClosed:
             raise DatabaseUnavailableError("the connection pool is closed") from None
         except PoolTimeout as exc:
             raise DatabaseUnavailableError(f"no pooled connection available: {exc}") from None
+        return conn
 
     def _checkin(self, conn: Connection[Any]) -> None:
         """Give back a connection of :meth:`_checkout` (the pool replaces a broken one)."""
