@@ -221,8 +221,13 @@ def bench(dsn: str, args: argparse.Namespace) -> None:
             (
                 [
                     name,
-                    *figures(dsn, name, args.seconds),
-                    *harness.ts_figures(args, dsn, TS_SCRIPT, TS_REFERENCE, name),
+                    *harness.best_of(
+                        args.rounds,
+                        lambda name=name: [
+                            *figures(dsn, name, args.seconds),
+                            *harness.ts_figures(args, dsn, TS_SCRIPT, TS_REFERENCE, name),
+                        ],
+                    ),
                 ]
                 for name in TS_REFERENCE
             ),

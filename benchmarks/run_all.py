@@ -1,10 +1,11 @@
 """Run every benchmark on one server and print their tables.
 
-    python benchmarks/run_all.py [--dsn CONNINFO] [--seconds 2] [--ts]
+    python benchmarks/run_all.py [--dsn CONNINFO] [--seconds 2] [--ts] [--rounds N]
 
 Without ``--dsn`` it starts one embedded server with ``fsync`` and ``synchronous_commit``
-off for all of them. ``--ts`` goes to the benchmarks that have TS columns. Each benchmark
-runs with its own defaults for its other options (run a script alone to change them).
+off for all of them. ``--ts`` and ``--rounds`` go to the benchmarks that have TS columns.
+Each benchmark runs with its own defaults for its other options (run a script alone to
+change them).
 """
 
 from __future__ import annotations
@@ -35,8 +36,8 @@ def main() -> None:
         harness.print_server(dsn, args.seconds)
         for module in BENCHMARKS:
             argv = ["--seconds", str(args.seconds)]
-            if args.ts and hasattr(module, "TS_SCRIPT"):
-                argv.append("--ts")
+            if hasattr(module, "TS_SCRIPT"):
+                argv += ["--rounds", str(args.rounds)] + (["--ts"] if args.ts else [])
             options = harness.parser(module).parse_args(argv)
             print(f"\n== {module.__name__} ==", flush=True)
             started = time.perf_counter()
