@@ -124,6 +124,35 @@ async def test_a_failing_statement_fails_only_its_own_caller(
     assert await cur.fetchall() == [(1,), (2,), (3,)]
 
 
+async def test_an_error_raised_by_a_later_execute_runs_the_unsent_calls(
+    db: AsyncDatabase, table: str, admin_conn: AsyncConnection[Any], monkeypatch: Any
+) -> None:
+    """psycopg raises a pipeline's error from the next ``execute`` once the answer is in.
+
+    Each execute waits long enough for the server's answer to the statements before it,
+    so the division by zero surfaces while the inserts are not sent yet: they must still
+    run, and their callers get their rows, not a cancellation.
+    """
+    execute = psycopg.AsyncCursor.execute
+
+    async def answered_execute(self: Any, *args: Any, **kwargs: Any) -> Any:
+        await asleep(0.05)
+        return await execute(self, *args, **kwargs)
+
+    monkeypatch.setattr(psycopg.AsyncCursor, "execute", answered_execute)
+    insert = b"INSERT INTO batching_t (v) VALUES (%s) RETURNING v"
+    calls: list[Call] = [
+        lambda: db.fetch_one(b"SELECT 1 / 0", row_factory=tuple_row),
+        lambda: db.fetch_one(insert, (1,), row_factory=tuple_row),
+        lambda: db.fetch_one(insert, (2,), row_factory=tuple_row),
+    ]
+    outcomes = await _together(db, calls, hold=0.1)
+    assert isinstance(outcomes[0], errors.DivisionByZero)
+    assert outcomes[1:] == [(1,), (2,)]
+    cur = await admin_conn.execute("SELECT v FROM batching_t ORDER BY v")
+    assert await cur.fetchall() == [(1,), (2,)]
+
+
 async def test_a_call_refused_before_reaching_the_server_fails_alone(
     db: AsyncDatabase, table: str
 ) -> None:

@@ -111,6 +111,35 @@ def test_a_failing_statement_fails_only_its_own_caller(
     assert cur.fetchall() == [(1,), (2,), (3,)]
 
 
+def test_an_error_raised_by_a_later_execute_runs_the_unsent_calls(
+    db: Database, table: str, admin_conn: Connection[Any], monkeypatch: Any
+) -> None:
+    """psycopg raises a pipeline's error from the next ``execute`` once the answer is in.
+
+    Each execute waits long enough for the server's answer to the statements before it,
+    so the division by zero surfaces while the inserts are not sent yet: they must still
+    run, and their callers get their rows, not a cancellation.
+    """
+    execute = psycopg.Cursor.execute
+
+    def answered_execute(self: Any, *args: Any, **kwargs: Any) -> Any:
+        sleep(0.05)
+        return execute(self, *args, **kwargs)
+
+    monkeypatch.setattr(psycopg.Cursor, "execute", answered_execute)
+    insert = b"INSERT INTO batching_t (v) VALUES (%s) RETURNING v"
+    calls: list[Call] = [
+        lambda: db.fetch_one(b"SELECT 1 / 0", row_factory=tuple_row),
+        lambda: db.fetch_one(insert, (1,), row_factory=tuple_row),
+        lambda: db.fetch_one(insert, (2,), row_factory=tuple_row),
+    ]
+    outcomes = _together(db, calls, hold=0.1)
+    assert isinstance(outcomes[0], errors.DivisionByZero)
+    assert outcomes[1:] == [(1,), (2,)]
+    cur = admin_conn.execute("SELECT v FROM batching_t ORDER BY v")
+    assert cur.fetchall() == [(1,), (2,)]
+
+
 def test_a_call_refused_before_reaching_the_server_fails_alone(db: Database, table: str) -> None:
     calls: list[Call] = [
         lambda: db.execute(b"INSERT INTO batching_t (v) VALUES (1)"),
