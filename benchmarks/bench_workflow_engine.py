@@ -48,16 +48,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def count_database_calls(service: Any) -> Callable[[], int]:
-    """Count the connections a service takes for its calls (each call is >= 1 round trip)."""
-    db = service._db
-    original = db._acquire
+    """Count the connections a service takes from its pool (each is >= 1 round trip)."""
+    pool = service._db._pool
+    original = pool.getconn
     calls = [0]
 
-    def counting(mode: Any) -> Any:
+    def counting(*args: Any, **kwargs: Any) -> Any:
         calls[0] += 1
-        return original(mode)
+        return original(*args, **kwargs)
 
-    db._acquire = counting
+    pool.getconn = counting
     return lambda: calls[0]
 
 
