@@ -13,6 +13,7 @@ from pydantic import BaseModel, ValidationError
 
 from pikku_pg._json import check_text, dumps, jsonb, read_list, read_object
 from pikku_pg.errors import InvalidInputError
+from pikku_pg.models._base import trusted
 from pikku_pg.models.channel import Channel
 
 #: Longest channel id and topic we write. Both are in the subscriptions' primary key and
@@ -114,7 +115,8 @@ def _read_opening_data(value: Any) -> Any:
 def channel_from_row(row: tuple[Any, ...]) -> Channel:
     """A ``(channel_id, channel_name, opening_data, user_session)`` row as a Channel."""
     channel_id, channel_name, opening_data, user_session = row
-    return Channel.model_construct(
+    return trusted(
+        Channel,
         channel_id=channel_id,
         channel_name=channel_name,
         opening_data=_read_opening_data(opening_data),

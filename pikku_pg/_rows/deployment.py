@@ -9,6 +9,7 @@ from pydantic import ValidationError
 
 from pikku_pg._json import check_text
 from pikku_pg.errors import InvalidInputError
+from pikku_pg.models._base import trusted
 from pikku_pg.models.deployment import DeploymentConfig, DeploymentInfo
 
 #: Longest deployment id we write: it is the primary key (btree entries stay under
@@ -69,4 +70,4 @@ def deployment_input(
 
 def deployment_from_row(row: tuple[Any, ...]) -> DeploymentInfo:
     """A ``(deployment_id, endpoint)`` row."""
-    return DeploymentInfo.model_construct(deployment_id=row[0], endpoint=row[1])
+    return trusted(DeploymentInfo, deployment_id=row[0], endpoint=row[1])
