@@ -24,6 +24,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 from types import FrameType, TracebackType
 from typing import Any
@@ -144,7 +145,7 @@ class EmbeddedPostgres:
         self._dsn: str | None = None
         self._pgdata: Path | None = None
         self._watchdog: subprocess.Popen[bytes] | None = None
-        self._pg_ctl: str = ""
+        self._pg_ctl_path: str = ""
         self._system_user: str | None = None
 
     @property
@@ -162,10 +163,12 @@ class EmbeddedPostgres:
     @property
     def pid(self) -> int | None:
         """The postmaster pid of the running server (``None`` when not running)."""
-        if self._server is None:
+        if self._server is None or self._pgdata is None:
             return None
-        pid = self._server.get_pid()
-        return None if pid is None else int(pid)
+        try:  # the postmaster's own record: still right after a restart
+            return int((self._pgdata / "postmaster.pid").read_text().split("\n", 1)[0])
+        except (OSError, ValueError):
+            return None
 
     @property
     def running(self) -> bool:
@@ -187,7 +190,7 @@ class EmbeddedPostgres:
         # be world-readable, which is harmless for /tmp but not for a project or home folder.
         pgdata = Path(tempfile.mkdtemp(prefix="pikku-pg-")).resolve()
         self._pgdata = pgdata
-        self._pg_ctl = str(Path(POSTGRES_BIN_PATH) / "pg_ctl")
+        self._pg_ctl_path = str(Path(POSTGRES_BIN_PATH) / "pg_ctl")
         # Mirrors pgserver: as root it runs postgres as a dedicated unprivileged user.
         self._system_user = _PGSERVER_SYSTEM_USER if os.geteuid() == 0 else None
         # Watchdog and SIGTERM handler go first, so a kill during start-up is covered too.
@@ -225,6 +228,36 @@ class EmbeddedPostgres:
         atexit.unregister(self.stop)
         self._pgdata = None
 
+    def restart(self) -> None:
+        """Restart the server in place (a fast shutdown ends every connection).
+
+        The data directory, the socket and so the DSN stay the same.
+        """
+        self._run_pg_ctl("-m", "fast", "restart")
+
+    @contextlib.contextmanager
+    def down(self) -> Iterator[None]:
+        """Keep the server stopped (after a fast shutdown) for the block, then start it again.
+
+        For tests of what clients do while the server is gone; the DSN stays the same.
+        """
+        self._run_pg_ctl("-m", "fast", "stop")
+        try:
+            yield
+        finally:
+            self._run_pg_ctl("restart")  # a stopped server starts with its previous options
+
+    def _run_pg_ctl(self, *args: str) -> None:
+        if self._server is None or self._pgdata is None:
+            raise RuntimeError("the embedded PostgreSQL server is not running: call start() first")
+        subprocess.run(
+            [self._pg_ctl_path, "-D", str(self._pgdata), "-w", "-t", "30", *args],
+            user=self._system_user,
+            check=True,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+
     def __enter__(self) -> EmbeddedPostgres:
         """Start the server and return this handle."""
         self.start()
@@ -240,7 +273,7 @@ class EmbeddedPostgres:
         self.stop()
 
     def _start_watchdog(self, pgdata: Path) -> None:
-        args = [str(os.getpid()), str(pgdata), self._pg_ctl, self._system_user or ""]
+        args = [str(os.getpid()), str(pgdata), self._pg_ctl_path, self._system_user or ""]
         if _runtime_dir is not None and os.getpid() == _runtime_dir_owner:
             args.append(_runtime_dir)
         self._watchdog = subprocess.Popen(
@@ -273,7 +306,7 @@ class EmbeddedPostgres:
         if (pgdata / "postmaster.pid").exists():
             with contextlib.suppress(Exception):
                 subprocess.run(
-                    [self._pg_ctl, "-D", str(pgdata), "-m", "immediate", "-w", "stop"],
+                    [self._pg_ctl_path, "-D", str(pgdata), "-m", "immediate", "-w", "stop"],
                     user=self._system_user,
                     stdin=subprocess.DEVNULL,
                     stdout=subprocess.DEVNULL,

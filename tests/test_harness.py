@@ -86,6 +86,24 @@ def test_embedded_context_manager() -> None:
     assert not pgdata.exists()
 
 
+def test_embedded_restart_and_down_keep_the_data_and_the_dsn() -> None:
+    with EmbeddedPostgres() as pg:
+        dsn, first_pid = pg.dsn, pg.pid
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            conn.execute("CREATE TABLE kept (v int)")
+            conn.execute("INSERT INTO kept VALUES (1)")
+            pg.restart()
+            with pytest.raises(psycopg.OperationalError):
+                conn.execute("SELECT 1")  # the fast shutdown ended the session
+        assert pg.dsn == dsn and pg.pid not in (None, first_pid)
+        with pg.down(), pytest.raises(psycopg.OperationalError):
+            psycopg.connect(dsn, connect_timeout=2)
+        with psycopg.connect(dsn) as conn:
+            assert conn.execute("SELECT v FROM kept").fetchall() == [(1,)]
+    with pytest.raises(RuntimeError, match="not running"):
+        pg.restart()
+
+
 @pytest.mark.parametrize("signum", [signal.SIGKILL, signal.SIGTERM], ids=["SIGKILL", "SIGTERM"])
 def test_killed_process_does_not_leak_its_server(signum: signal.Signals) -> None:
     env = dict(os.environ, PYTHONPATH=str(ROOT))

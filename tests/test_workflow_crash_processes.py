@@ -193,13 +193,7 @@ def test_workers_survive_a_server_restart() -> None:
             statuses = [wf.get_run(r).status for r in run_ids]  # type: ignore[union-attr]
             assert statuses.count("completed") < 12  # workers are busy
             started = _postmaster_start(pg.dsn)
-            subprocess.run(
-                [pg._pg_ctl, "-D", str(pg.pgdata), "-m", "fast", "-w", "-t", "30", "restart"],
-                user=pg._system_user,
-                check=True,
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
-            )
+            pg.restart()
             assert _postmaster_start(pg.dsn) != started  # a new postmaster
             deadline = time.monotonic() + 40
             runs: list[Any] = []

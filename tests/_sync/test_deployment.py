@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import logging
-import os
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -250,14 +249,6 @@ def test_heartbeat_registers_again_a_row_removed_behind_its_back(
     assert any("registered again" in r.getMessage() for r in caplog.records)
 
 
-def _pg_ctl(server: EmbeddedPostgres, *args: str) -> None:
-    from pgserver._commands import pg_ctl
-
-    # pgserver runs postgres as its own system user when we are root.
-    user = "pgserver" if os.geteuid() == 0 else None
-    pg_ctl(["-w", *args], pgdata=server.pgdata, user=user, timeout=30)
-
-
 def test_heartbeat_survives_a_server_restart(caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.WARNING, logger="pikku_pg.deployment")
     # A private server: restarting the shared one would break the other tests' connections.
@@ -272,11 +263,8 @@ def test_heartbeat_survives_a_server_restart(caplog: pytest.LogCaptureFixture) -
         registry.init()
         registry.start("d1", "http://d1", ["f"])
         _wait_until(lambda: registry.heartbeats >= 1, "a first heartbeat")
-        _pg_ctl(server, "-m", "fast", "stop")
-        try:
+        with server.down():
             _wait_until(lambda: registry.heartbeat_failures >= 2, "failed heartbeats")
-        finally:
-            _pg_ctl(server, "restart")  # starts the stopped server with its options
         beats = registry.heartbeats
         _wait_until(lambda: registry.heartbeats >= beats + 2, "heartbeats after restart")
         assert [d.deployment_id for d in registry.find_function("f")] == ["d1"]
