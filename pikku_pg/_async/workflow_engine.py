@@ -604,31 +604,34 @@ class AsyncReplayEngine:
 
     # -------------------------------------------------------------- step jobs
 
-    async def run_step_job(self, job: Job, should_stop: Callable[[], bool] | None = None) -> None:
-        """Run one queued RPC step, then queue a replay of its run."""
+    async def run_step_job(self, job: Job, should_stop: Callable[[], bool] | None = None) -> bool:
+        """Run one queued RPC step, then queue a replay of its run.
+
+        Returns False if the job was handed back unrun (``should_stop``), True otherwise.
+        """
         assert job.step_name is not None
         if await self.queue.run_status(job.run_id) != "running":
             await self.queue.ack(job)
-            return
+            return True
         steps = await self.store.get_run_steps(job.run_id)
         step = next((s for s in steps if s.step_name == job.step_name), None)
         if step is None or step.status == "succeeded" or step.rpc_name is None:
             await self.queue.enqueue_replay(job.run_id)
             await self.queue.ack(job)
-            return
+            return True
         rpc = self._rpcs.get(step.rpc_name)
         if rpc is None:
             # The replay finds it missing and suspends the run with RPC_NOT_FOUND.
             await self.queue.enqueue_replay(job.run_id)
             await self.queue.ack(job)
-            return
+            return True
         if step.status == "failed" and step.attempt_count >= 1 + (step.retries or 0):
             await self.queue.enqueue_replay(job.run_id)
             await self.queue.ack(job)
-            return
+            return True
         if should_stop is not None and should_stop():
             await self.queue.reschedule(job, 0.0)
-            return
+            return False
         if step.status in ("running", "failed"):
             attempt = (await self.store.create_retry_attempt(step.step_id, "running")).attempt_count
         else:
@@ -643,7 +646,7 @@ class AsyncReplayEngine:
                 await self.store.set_step_scheduled(step.step_id)
                 delay = backoff_delay(parse_retry_delay(step.retry_delay), attempt, job.backoff)
                 await self.queue.reschedule(job, delay)
-                return
+                return True
         else:
             try:
                 await self.store.set_step_result(step.step_id, result)
@@ -657,6 +660,7 @@ class AsyncReplayEngine:
                 )
         await self.queue.enqueue_replay(job.run_id)
         await self.queue.ack(job)
+        return True
 
 
 def _describe(rpc_name: str | None) -> str:

@@ -122,7 +122,8 @@ class AsyncWorkflowWorker:
         self._held_lock = threading.Lock()
         self._tasks: list[Any] = []
         self._service_tasks: list[Any] = []
-        #: Jobs run to the end by this worker (for tests and monitoring).
+        #: Jobs run to the end by this worker, not counting those handed back at a stop
+        #: (for tests and monitoring).
         self.jobs_done = 0
         self.listener_pid: int | None = None
 
@@ -243,7 +244,7 @@ class AsyncWorkflowWorker:
             self._held[job.token] = job
         try:
             if job.kind == "replay":
-                await self._engine.replay(
+                outcome = await self._engine.replay(
                     job.run_id,
                     inline=False,
                     job=job,
@@ -251,9 +252,11 @@ class AsyncWorkflowWorker:
                     run=job.run,
                     fresh=not job.has_steps,
                 )
+                finished = outcome.status != "handed_back"
             else:
-                await self._engine.run_step_job(job, self._should_stop)
-            self.jobs_done += 1
+                finished = await self._engine.run_step_job(job, self._should_stop)
+            if finished:
+                self.jobs_done += 1
         except Exception as exc:
             # The database went away mid-job, or a bug: the job runs again later and
             # keeps this error for inspection.

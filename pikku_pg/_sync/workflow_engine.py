@@ -601,31 +601,34 @@ class ReplayEngine:
 
     # -------------------------------------------------------------- step jobs
 
-    def run_step_job(self, job: Job, should_stop: Callable[[], bool] | None = None) -> None:
-        """Run one queued RPC step, then queue a replay of its run."""
+    def run_step_job(self, job: Job, should_stop: Callable[[], bool] | None = None) -> bool:
+        """Run one queued RPC step, then queue a replay of its run.
+
+        Returns False if the job was handed back unrun (``should_stop``), True otherwise.
+        """
         assert job.step_name is not None
         if self.queue.run_status(job.run_id) != "running":
             self.queue.ack(job)
-            return
+            return True
         steps = self.store.get_run_steps(job.run_id)
         step = next((s for s in steps if s.step_name == job.step_name), None)
         if step is None or step.status == "succeeded" or step.rpc_name is None:
             self.queue.enqueue_replay(job.run_id)
             self.queue.ack(job)
-            return
+            return True
         rpc = self._rpcs.get(step.rpc_name)
         if rpc is None:
             # The replay finds it missing and suspends the run with RPC_NOT_FOUND.
             self.queue.enqueue_replay(job.run_id)
             self.queue.ack(job)
-            return
+            return True
         if step.status == "failed" and step.attempt_count >= 1 + (step.retries or 0):
             self.queue.enqueue_replay(job.run_id)
             self.queue.ack(job)
-            return
+            return True
         if should_stop is not None and should_stop():
             self.queue.reschedule(job, 0.0)
-            return
+            return False
         if step.status in ("running", "failed"):
             attempt = (self.store.create_retry_attempt(step.step_id, "running")).attempt_count
         else:
@@ -640,7 +643,7 @@ class ReplayEngine:
                 self.store.set_step_scheduled(step.step_id)
                 delay = backoff_delay(parse_retry_delay(step.retry_delay), attempt, job.backoff)
                 self.queue.reschedule(job, delay)
-                return
+                return True
         else:
             try:
                 self.store.set_step_result(step.step_id, result)
@@ -654,6 +657,7 @@ class ReplayEngine:
                 )
         self.queue.enqueue_replay(job.run_id)
         self.queue.ack(job)
+        return True
 
 
 def _describe(rpc_name: str | None) -> str:

@@ -123,7 +123,8 @@ class WorkflowWorker:
         self._held_lock = threading.Lock()
         self._tasks: list[Any] = []
         self._service_tasks: list[Any] = []
-        #: Jobs run to the end by this worker (for tests and monitoring).
+        #: Jobs run to the end by this worker, not counting those handed back at a stop
+        #: (for tests and monitoring).
         self.jobs_done = 0
         self.listener_pid: int | None = None
 
@@ -236,7 +237,7 @@ class WorkflowWorker:
             self._held[job.token] = job
         try:
             if job.kind == "replay":
-                self._engine.replay(
+                outcome = self._engine.replay(
                     job.run_id,
                     inline=False,
                     job=job,
@@ -244,9 +245,11 @@ class WorkflowWorker:
                     run=job.run,
                     fresh=not job.has_steps,
                 )
+                finished = outcome.status != "handed_back"
             else:
-                self._engine.run_step_job(job, self._should_stop)
-            self.jobs_done += 1
+                finished = self._engine.run_step_job(job, self._should_stop)
+            if finished:
+                self.jobs_done += 1
         except Exception as exc:
             # The database went away mid-job, or a bug: the job runs again later and
             # keeps this error for inspection.

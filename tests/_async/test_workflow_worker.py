@@ -171,6 +171,7 @@ async def test_graceful_stop_hands_the_run_back(wf: AsyncPgWorkflowService) -> N
     jobs = await wf.get_run_jobs(run_id)
     assert [(j["status"], j["locked_by"]) for j in jobs] == [("pending", None)]
     assert ran == ["slow"]
+    assert first.jobs_done == 0  # handed back, not done
     begun = time.monotonic()
     async with wf.worker(concurrency=1, lease=30, poll_interval=0.1, shutdown_timeout=5):
         run = await wf.wait_for_run(run_id, timeout=5)

@@ -172,6 +172,7 @@ def test_graceful_stop_hands_the_run_back(wf: PgWorkflowService) -> None:
     jobs = wf.get_run_jobs(run_id)
     assert [(j["status"], j["locked_by"]) for j in jobs] == [("pending", None)]
     assert ran == ["slow"]
+    assert first.jobs_done == 0  # handed back, not done
     begun = time.monotonic()
     with wf.worker(concurrency=1, lease=30, poll_interval=0.1, shutdown_timeout=5):
         run = wf.wait_for_run(run_id, timeout=5)
