@@ -100,21 +100,29 @@ async def test_find_function_returns_live_deployments_newest_first(
         assert found[0].endpoint == "http://new"
 
 
-async def test_find_function_uses_the_gin_index(
-    pg_dsn: str, schema_name: str, admin_conn: AsyncConnection[Any]
-) -> None:
+async def _find_function_plan(
+    admin_conn: AsyncConnection[Any], schema_name: str, setting: str, function: str
+) -> str:
+    """EXPLAIN of the prepared find_function query for ``function``, under ``SET LOCAL setting``."""
     from pikku_pg._sql import deployment, render
 
-    async with AsyncPgDeploymentService(pg_dsn, schema_name) as registry:
-        await registry.init()
     query = render(deployment.FIND_FUNCTION, schema_name).decode()
     query = query.replace("%s", "$1", 1).replace("%s", "$2", 1)
     async with admin_conn.transaction():
-        await admin_conn.execute("SET LOCAL enable_seqscan = off")
+        await admin_conn.execute(f"SET LOCAL {setting}")
         await admin_conn.execute(f"PREPARE find(text[], float8) AS {query}")
-        cur = await admin_conn.execute("EXPLAIN EXECUTE find('{f}', 30)")
+        cur = await admin_conn.execute(f"EXPLAIN EXECUTE find('{{{function}}}', 30)")
         plan = "\n".join(row[0] for row in await cur.fetchall())
         await admin_conn.execute("DEALLOCATE find")
+    return plan
+
+
+async def test_find_function_uses_the_gin_index(
+    pg_dsn: str, schema_name: str, admin_conn: AsyncConnection[Any]
+) -> None:
+    async with AsyncPgDeploymentService(pg_dsn, schema_name) as registry:
+        await registry.init()
+    plan = await _find_function_plan(admin_conn, schema_name, "enable_seqscan = off", "f")
     assert "idx_pikku_deployments_functions" in plan, plan
 
 
@@ -122,8 +130,6 @@ async def test_find_function_keeps_using_the_gin_index_after_heartbeats(
     pg_dsn: str, schema_name: str, admin_conn: AsyncConnection[Any]
 ) -> None:
     """Heartbeats rewrite rows; without a GIN pending list the index stays the cheap path."""
-    from pikku_pg._sql import deployment, render
-
     async with AsyncPgDeploymentService(pg_dsn, schema_name) as registry:
         await registry.init()
     table = pgsql.Identifier(schema_name, "pikku_deployments")
@@ -143,15 +149,10 @@ async def test_find_function_keeps_using_the_gin_index_after_heartbeats(
         (f'"{schema_name}".idx_pikku_deployments_functions',),
     )
     assert await cur.fetchone() == (["fastupdate=off"],)
-    query = render(deployment.FIND_FUNCTION, schema_name).decode()
-    query = query.replace("%s", "$1", 1).replace("%s", "$2", 1)
-    async with admin_conn.transaction():
-        # The plan that a prepared find_function settles on, with no planner setting forced.
-        await admin_conn.execute("SET LOCAL plan_cache_mode = force_generic_plan")
-        await admin_conn.execute(f"PREPARE find(text[], float8) AS {query}")
-        cur = await admin_conn.execute("EXPLAIN EXECUTE find('{f0}', 30)")
-        plan = "\n".join(row[0] for row in await cur.fetchall())
-        await admin_conn.execute("DEALLOCATE find")
+    # The plan that a prepared find_function settles on, with no planner setting forced.
+    plan = await _find_function_plan(
+        admin_conn, schema_name, "plan_cache_mode = force_generic_plan", "f0"
+    )
     assert "Bitmap Index Scan on idx_pikku_deployments_functions" in plan, plan
     async with AsyncPgDeploymentService(pg_dsn, schema_name) as registry:
         assert len(await registry.find_function("f0")) == 5
