@@ -30,9 +30,10 @@ async function prepare(sql) {
   await sql.unsafe(`ANALYZE ${SCHEMA}.pikku_deployments`)
 }
 
-/** Make the 200 deployments live again (their TTL is 30 s), and check that 5 serve "f0". */
+/** Make the 200 deployments live again (their TTL is 30 s), VACUUM, and check that 5 serve "f0". */
 async function refreshHeartbeats(sql) {
   await sql.unsafe(`UPDATE ${SCHEMA}.pikku_deployments SET last_heartbeat = now()`)
+  await sql.unsafe(`VACUUM ${SCHEMA}.pikku_deployments`) // as ../bench_channel.py does
   const found = await new PgDeploymentService({}, sql, SCHEMA).findFunction('f0')
   if (found.length !== 5) {
     throw new Error(`the benchmark data is not as expected: ${found.length} deployments serve f0`)
