@@ -67,15 +67,18 @@ WHERE deployment_id = %s
 
 # `functions @> ARRAY[name]` can use the GIN index; `name = ANY(functions)` cannot. The
 # one-element array is the parameter, so a generic plan does not build it for each row.
-# The sort is outside the OFFSET 0 fence so that the planner does not walk the heartbeat
-# index backwards, testing every live row, to save sorting the few that match.
+# The heartbeat test is written so that it cannot use the heartbeat index: statistics
+# always lag behind heartbeats, so the planner would believe that no row is recent, pick
+# that index and then test every live row. The sort is outside the OFFSET 0 fence so
+# that the planner does not walk that index backwards either, to save sorting the few
+# rows that match.
 FIND_FUNCTION = """\
 SELECT deployment_id, endpoint
 FROM (
     SELECT deployment_id, endpoint, last_heartbeat
     FROM {schema}.pikku_deployments
     WHERE functions @> %s::text[]
-      AND last_heartbeat > now() - make_interval(secs => %s)
+      AND last_heartbeat + make_interval(secs => %s) > now()
     OFFSET 0
 ) live
 ORDER BY last_heartbeat DESC, deployment_id
