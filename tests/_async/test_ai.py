@@ -737,3 +737,48 @@ async def test_invalid_schema_and_closed_service(pg_dsn: str, schema_name: str) 
     await service.close()
     with pytest.raises(ServiceClosedError):
         await service.create_thread("r")
+
+
+async def test_get_messages_reads_only_its_page_of_a_huge_thread(
+    pg_dsn: str, schema_name: str, admin_conn: AsyncConnection[Any]
+) -> None:
+    """Flat latency: the newest N come off the ordering index, however skewed the threads are.
+
+    Most threads are short and one is huge, so a plan built for an average thread would
+    sort the huge one in full; the plans a prepared call may run must read 50 rows.
+    """
+    from pikku_pg._sql import ai as ai_sql
+    from pikku_pg._sql import render
+
+    async with AsyncPgAIStorageService(pg_dsn, schema_name) as store:
+        await store.init()
+    threads = sql.Identifier(schema_name, "ai_threads")
+    messages = sql.Identifier(schema_name, "ai_message")
+    for statement in (
+        "INSERT INTO {t} (id, resource_id) SELECT 't' || g, 'r' FROM generate_series(1, 5000) g",
+        "INSERT INTO {t} (id, resource_id) VALUES ('huge', 'r')",
+        "INSERT INTO {m} (id, thread_id, role, content)"
+        " SELECT 'm' || g, 't' || g, 'user', 'hi' FROM generate_series(1, 5000) g",
+        "INSERT INTO {m} (id, thread_id, role, content, created_at)"
+        " SELECT 'h' || g, 'huge', 'user', 'hi', now() + make_interval(secs => g)"
+        " FROM generate_series(1, 20000) g",
+        "ANALYZE {m}",
+    ):
+        await admin_conn.execute(sql.SQL(statement).format(t=threads, m=messages))
+    query = render(ai_sql.GET_MESSAGES, schema_name).decode()
+    query = query.replace("%(thread_id)s", "$1").replace("%(limit)s", "$2")
+    for plans in ("force_generic_plan", "force_custom_plan"):
+        async with admin_conn.transaction():
+            await admin_conn.execute(f"SET LOCAL plan_cache_mode = {plans}")
+            await admin_conn.execute(f"PREPARE page(text, bigint) AS {query}")
+            cur = await admin_conn.execute(
+                "EXPLAIN (ANALYZE, COSTS OFF, TIMING OFF) EXECUTE page('huge', 50)"
+            )
+            plan = "\n".join(row[0] for row in await cur.fetchall())
+            await admin_conn.execute("DEALLOCATE page")
+        scan = next(line for line in plan.splitlines() if "on ai_message" in line)
+        assert "Index Scan Backward using idx_ai_message_thread_order" in scan, plan
+        assert "rows=50 " in scan, plan
+    async with AsyncPgAIStorageService(pg_dsn, schema_name) as store:
+        page = await store.get_messages("huge", last_n=50)
+    assert [m.id for m in page] == [f"h{g}" for g in range(19951, 20001)]
