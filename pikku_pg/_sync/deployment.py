@@ -134,8 +134,8 @@ class PgDeploymentService(PgService):
     def find_function(self, name: str) -> list[DeploymentInfo]:
         """Live deployments serving ``name``, most recent heartbeat first (one round trip).
 
-        Can use the GIN index on ``functions`` (``functions @> ARRAY[name]``); PostgreSQL
-        picks it over a scan once the table is large enough for it to pay.
+        Uses the GIN index on ``functions`` (``functions @> ARRAY[name]``), kept free of
+        a pending list by migration 2, whatever the heartbeats did to the statistics.
         """
         name = check_function_name(name)
         params = (text_array((name,)), self._ttl)
