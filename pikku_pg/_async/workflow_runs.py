@@ -43,18 +43,25 @@ async def fetch_run(db: AsyncDatabase, q: WorkflowQueries, run_id: object) -> Wo
     return None if row is None else run_from_row(row)
 
 
+async def _rows_of_run(
+    db: AsyncDatabase, query: bytes, run_id: object, row_factory: Any
+) -> list[Any]:
+    """The rows of a per-run query whose run comes back as one row of NULLs when it has
+    nothing else; raises ``WorkflowRunNotFoundError`` for no row at all."""
+    rid = maybe_run_uuid(run_id)
+    rows = (
+        [] if rid is None else await db.fetch_all(query, {"run_id": rid}, row_factory=row_factory)
+    )
+    if not rows:
+        raise WorkflowRunNotFoundError(run_id)
+    return rows
+
+
 async def fetch_run_steps(
     db: AsyncDatabase, q: WorkflowQueries, run_id: object
 ) -> list[WorkflowRunStep]:
     """The steps of a run in creation order, with attempt counts (one round trip)."""
-    rid = maybe_run_uuid(run_id)
-    rows = (
-        []
-        if rid is None
-        else await db.fetch_all(q.get_run_steps, {"run_id": rid}, row_factory=tuple_row)
-    )
-    if not rows:
-        raise WorkflowRunNotFoundError(run_id)
+    rows = await _rows_of_run(db, q.get_run_steps, run_id, tuple_row)
     # Column 3 is the step id: NULL on the one row of a run without steps.
     return [run_step_from_row(r) for r in rows if r[3] is not None]
 
@@ -63,14 +70,7 @@ async def fetch_run_history(
     db: AsyncDatabase, q: WorkflowQueries, run_id: object
 ) -> list[WorkflowStepHistory]:
     """Every attempt of every step of a run, oldest first (one round trip)."""
-    rid = maybe_run_uuid(run_id)
-    rows = (
-        []
-        if rid is None
-        else await db.fetch_all(q.get_run_history, {"run_id": rid}, row_factory=dict_row)
-    )
-    if not rows:
-        raise WorkflowRunNotFoundError(run_id)
+    rows = await _rows_of_run(db, q.get_run_history, run_id, dict_row)
     return [history_from_row(r) for r in rows if r["workflow_step_id"] is not None]
 
 

@@ -472,23 +472,30 @@ def _approval(item: Sequence[Any]) -> ToolCallApproval | AgentCallApproval:
     )
 
 
+def _run_fields(row: Sequence[Any]) -> dict[str, Any]:
+    """The fields that both forms of a ``RUN_COLUMNS`` row share."""
+    return {
+        "run_id": row[0],
+        "agent_name": row[1],
+        "thread_id": row[2],
+        "resource_id": row[3],
+        "status": row[4],
+        "error_message": row[5],
+        "suspend_reason": row[6],
+        "missing_rpcs": read_list(row[7]),
+        "created_at": row[11],
+        "updated_at": row[12],
+    }
+
+
 def run_from_row(row: Sequence[Any]) -> AgentRunState:
     """A ``RUN_COLUMNS`` row plus its approvals array -> AgentRunState."""
     approvals = row[13]
     return trusted(
         AgentRunState,
-        run_id=row[0],
-        agent_name=row[1],
-        thread_id=row[2],
-        resource_id=row[3],
-        status=row[4],
-        error_message=row[5],
-        suspend_reason=row[6],
-        missing_rpcs=read_list(row[7]),
+        **_run_fields(row),
         pending_approvals=[_approval(a) for a in approvals] if approvals else None,
         usage=trusted(Usage, input_tokens=row[8], output_tokens=row[9], model=row[10]),
-        created_at=row[11],
-        updated_at=row[12],
     )
 
 
@@ -505,19 +512,10 @@ def run_row_from_row(row: Sequence[Any]) -> AgentRunRow:
     """A ``RUN_COLUMNS`` row -> AgentRunRow (the console's flat form)."""
     return trusted(
         AgentRunRow,
-        run_id=row[0],
-        agent_name=row[1],
-        thread_id=row[2],
-        resource_id=row[3],
-        status=row[4],
-        error_message=row[5],
-        suspend_reason=row[6],
-        missing_rpcs=read_list(row[7]),
+        **_run_fields(row),
         usage_input_tokens=row[8],
         usage_output_tokens=row[9],
         usage_model=row[10],
-        created_at=row[11],
-        updated_at=row[12],
     )
 
 

@@ -44,14 +44,19 @@ def fetch_run(db: Database, q: WorkflowQueries, run_id: object) -> WorkflowRun |
     return None if row is None else run_from_row(row)
 
 
-def fetch_run_steps(db: Database, q: WorkflowQueries, run_id: object) -> list[WorkflowRunStep]:
-    """The steps of a run in creation order, with attempt counts (one round trip)."""
+def _rows_of_run(db: Database, query: bytes, run_id: object, row_factory: Any) -> list[Any]:
+    """The rows of a per-run query whose run comes back as one row of NULLs when it has
+    nothing else; raises ``WorkflowRunNotFoundError`` for no row at all."""
     rid = maybe_run_uuid(run_id)
-    rows = (
-        [] if rid is None else db.fetch_all(q.get_run_steps, {"run_id": rid}, row_factory=tuple_row)
-    )
+    rows = [] if rid is None else db.fetch_all(query, {"run_id": rid}, row_factory=row_factory)
     if not rows:
         raise WorkflowRunNotFoundError(run_id)
+    return rows
+
+
+def fetch_run_steps(db: Database, q: WorkflowQueries, run_id: object) -> list[WorkflowRunStep]:
+    """The steps of a run in creation order, with attempt counts (one round trip)."""
+    rows = _rows_of_run(db, q.get_run_steps, run_id, tuple_row)
     # Column 3 is the step id: NULL on the one row of a run without steps.
     return [run_step_from_row(r) for r in rows if r[3] is not None]
 
@@ -60,14 +65,7 @@ def fetch_run_history(
     db: Database, q: WorkflowQueries, run_id: object
 ) -> list[WorkflowStepHistory]:
     """Every attempt of every step of a run, oldest first (one round trip)."""
-    rid = maybe_run_uuid(run_id)
-    rows = (
-        []
-        if rid is None
-        else db.fetch_all(q.get_run_history, {"run_id": rid}, row_factory=dict_row)
-    )
-    if not rows:
-        raise WorkflowRunNotFoundError(run_id)
+    rows = _rows_of_run(db, q.get_run_history, run_id, dict_row)
     return [history_from_row(r) for r in rows if r["workflow_step_id"] is not None]
 
 
