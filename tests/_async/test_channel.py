@@ -156,6 +156,22 @@ async def test_remove_channels_takes_their_subscriptions(
             await store.get_channel_and_session("a")
 
 
+async def test_remove_channels_takes_ids_with_array_syntax_literally(
+    store: AsyncPgChannelStore, admin_conn: AsyncConnection[Any]
+) -> None:
+    """The ids travel as one array literal: quotes, backslashes, commas and braces stay text."""
+    tricky = ['say "hi"', "back\\slash", "a,b", "{x}", "NULL", " padded "]
+    for cid in [*tricky, "a", "b", "keep"]:
+        await store.add_channel(cid, "chat")
+    await store.remove_channels(tricky)
+    cur = await admin_conn.execute(
+        pgsql.SQL("SELECT channel_id FROM {} ORDER BY channel_id").format(
+            pgsql.Identifier(store.schema, "channels")
+        )
+    )
+    assert [r[0] for r in await cur.fetchall()] == ["a", "b", "keep"]
+
+
 @pytest.mark.parametrize(
     ("args", "match"),
     [

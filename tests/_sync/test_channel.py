@@ -157,6 +157,22 @@ def test_remove_channels_takes_their_subscriptions(
             store.get_channel_and_session("a")
 
 
+def test_remove_channels_takes_ids_with_array_syntax_literally(
+    store: PgChannelStore, admin_conn: Connection[Any]
+) -> None:
+    """The ids travel as one array literal: quotes, backslashes, commas and braces stay text."""
+    tricky = ['say "hi"', "back\\slash", "a,b", "{x}", "NULL", " padded "]
+    for cid in [*tricky, "a", "b", "keep"]:
+        store.add_channel(cid, "chat")
+    store.remove_channels(tricky)
+    cur = admin_conn.execute(
+        pgsql.SQL("SELECT channel_id FROM {} ORDER BY channel_id").format(
+            pgsql.Identifier(store.schema, "channels")
+        )
+    )
+    assert [r[0] for r in cur.fetchall()] == ["a", "b", "keep"]
+
+
 @pytest.mark.parametrize(
     ("args", "match"),
     [

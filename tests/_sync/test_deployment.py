@@ -101,6 +101,21 @@ def test_find_function_returns_live_deployments_newest_first(
         assert found[0].endpoint == "http://new"
 
 
+def test_find_function_names_with_array_syntax(
+    pg_dsn: str, schema_name: str, admin_conn: Connection[Any]
+) -> None:
+    """The name travels as an array literal: quotes, backslashes and commas stay text."""
+    with PgDeploymentService(pg_dsn, schema_name) as registry:
+        registry.init()
+        _insert(admin_conn, schema_name, "d1", ['say "hi"', "back\\slash"], age=0)
+        _insert(admin_conn, schema_name, "d2", ["a,b", "{x}"], age=0)
+        assert [d.deployment_id for d in registry.find_function('say "hi"')] == ["d1"]
+        assert [d.deployment_id for d in registry.find_function("back\\slash")] == ["d1"]
+        assert [d.deployment_id for d in registry.find_function("a,b")] == ["d2"]
+        assert [d.deployment_id for d in registry.find_function("{x}")] == ["d2"]
+        assert registry.find_function("a") == []
+
+
 def _find_function_plan(
     admin_conn: Connection[Any], schema_name: str, setting: str, function: str
 ) -> str:
