@@ -182,3 +182,24 @@ class DuplicateRegistrationError(WorkflowError, ConflictError):
 
 class WorkflowTimeoutError(WorkflowError, TimeoutError):
     """``wait_for_run`` gave up before the run finished."""
+
+
+class LeaseLostError(WorkflowError):
+    """The worker or inline caller no longer holds the lease of the run it works on.
+
+    Another runner took the run over (the lease ran out while this one was stalled, or
+    the run was handed to a worker): the write was refused, and the stale holder
+    stops working on the run at once.
+    """
+
+    def __init__(self, run_id: str, message: str | None = None) -> None:
+        self.run_id = run_id
+        super().__init__(message or f"lost the lease of workflow run {run_id}")
+
+
+class StepAlreadyCompletedError(WorkflowError, ConflictError):
+    """A write would change a step that already succeeded (its result is final)."""
+
+    def __init__(self, step_id: str) -> None:
+        self.step_id = step_id
+        super().__init__(f"workflow step {step_id} already succeeded; its result is final")
