@@ -310,7 +310,9 @@ def test_cancel_and_resume(cli: Any, stored: Stored, pg_dsn: str, schema_name: s
     assert resumed.code == 0 and resumed.json() == {"id": stored.suspended, "status": "running"}
     assert cli("run", stored.suspended, "--json").json()["jobs"][0]["kind"] == "replay"
     finished = cli("resume", stored.completed)
-    assert finished.code == 2 and "only a suspended or failed run can be resumed" in finished.err
+    assert (
+        finished.code == 2 and "only a suspended, failed or abandoned running run" in finished.err
+    )
 
 
 # ---------------------------------------------------------------- deployments

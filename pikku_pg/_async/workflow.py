@@ -10,8 +10,11 @@ It wires four parts that each stand on their own: the state store
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import json
+import os
+import socket
 import time
 from collections.abc import Callable, Mapping
 from datetime import datetime, timezone
@@ -26,7 +29,8 @@ from pikku_pg._async.workflow_engine import (
     RpcDefinition,
     WorkflowDefinition,
 )
-from pikku_pg._async.workflow_queue import AsyncWorkflowQueue
+from pikku_pg._async.workflow_leases import AsyncLeaseKeeper
+from pikku_pg._async.workflow_queue import AsyncWorkflowQueue, Job
 from pikku_pg._async.workflow_state import AsyncWorkflowStateStore
 from pikku_pg._async.workflow_worker import AsyncWorkflowWorker, listener_target
 from pikku_pg._json import dumps
@@ -37,6 +41,7 @@ from pikku_pg._rows.workflow_engine import (
     code_source,
     code_version,
     error_record,
+    positive_seconds,
     stored_error_dict,
 )
 from pikku_pg._sql.workflow import WORKFLOW
@@ -45,6 +50,7 @@ from pikku_pg.errors import (
     DuplicateRegistrationError,
     InvalidInputError,
     InvalidRunStateError,
+    LeaseLostError,
     WorkflowCancelledError,
     WorkflowFailedError,
     WorkflowNotFoundError,
@@ -56,6 +62,9 @@ from pikku_pg.migrations import Component
 from pikku_pg.models.workflow import WorkflowRun, WorkflowRunWire
 
 F = TypeVar("F", bound=Callable[..., Any])
+
+#: What ``run_to_completion`` does with its run when the caller is cancelled.
+ON_CANCEL = ("release", "cancel")
 
 __all__ = ["AsyncPgWorkflowService", "AsyncWorkflowContext", "AsyncWorkflowWorker"]
 
@@ -71,6 +80,10 @@ class AsyncPgWorkflowService(AsyncWorkflowStateStore):
     ``listen_conninfo`` is where workers LISTEN for wake-ups (default: the
     service's own server); LISTEN needs a session, so behind PgBouncer in
     transaction mode point it at PostgreSQL or run workers with ``listen=False``.
+
+    ``inline_lease`` (seconds) is the lease an inline run holds while its caller
+    runs it (extended every third of it): if the caller dies or freezes, a worker
+    that has the workflow registered takes the run over once the lease runs out.
     """
 
     components: ClassVar[tuple[Component, ...]] = (WORKFLOW, WORKFLOW_QUEUE)
@@ -83,9 +96,13 @@ class AsyncPgWorkflowService(AsyncWorkflowStateStore):
         connect_kwargs: Mapping[str, Any] | None = None,
         pool_kwargs: Mapping[str, Any] | None = None,
         listen_conninfo: str | None = None,
+        inline_lease: float = 30.0,
     ) -> None:
         super().__init__(conn, schema, connect_kwargs=connect_kwargs, pool_kwargs=pool_kwargs)
         self._queue = AsyncWorkflowQueue(self._db, self._schema)
+        self._leases = AsyncLeaseKeeper(self._queue, positive_seconds("inline_lease", inline_lease))
+        #: Recorded as ``locked_by`` on the jobs of this service's inline runs.
+        self._inline_owner = f"inline:{socket.gethostname()}:{os.getpid()}"
         self._workflows: dict[str, WorkflowDefinition] = {}
         self._rpcs: dict[str, RpcDefinition] = {}
         self._engine = AsyncReplayEngine(self, self._queue, self._workflows, self._rpcs)
@@ -180,6 +197,7 @@ class AsyncPgWorkflowService(AsyncWorkflowStateStore):
         input: Any,
         *,
         wire: WorkflowRunWire | Mapping[str, Any] | None = None,
+        on_cancel: str = "release",
     ) -> Any:
         """Run a workflow inline, in the caller, and return its output.
 
@@ -187,25 +205,76 @@ class AsyncPgWorkflowService(AsyncWorkflowStateStore):
         :class:`WorkflowFailedError`, :class:`WorkflowCancelledError` or
         :class:`WorkflowSuspendedError` (each with ``run_id``; failures also carry
         ``error``, the stored error, and ``code``).
+
+        The run holds a lease while the caller runs it (see ``inline_lease``). When
+        the caller is interrupted (``asyncio.CancelledError``, ``KeyboardInterrupt``),
+        the run is handed to the workers at once (``on_cancel="release"``: any
+        worker with the workflow registered continues it) or cancelled
+        (``on_cancel="cancel"``); the interruption is then re-raised. When the
+        caller dies or loses its connection, the lease runs out and a worker takes
+        over. Raises :class:`LeaseLostError` if a worker took the run over while this
+        caller was frozen past its lease (nothing it wrote after that was applied).
         """
         defn = self._definition(name)
+        if on_cancel not in ON_CANCEL:
+            raise InvalidInputError(f"on_cancel must be 'release' or 'cancel', not {on_cancel!r}")
         text = dumps(input)  # refuses what is not JSON before anything is stored
+        run_wire = WorkflowRunWire.model_validate(UNKNOWN_WIRE if wire is None else _wire(wire))
         await self._ensure_version(defn)
-        run_id = await self.create_run(name, input, inline=True, graph_hash=defn.version, wire=wire)
+        job = await self._queue.start_inline_run(
+            name,
+            input,
+            graph_hash=defn.version,
+            wire=wire,
+            owner=self._inline_owner,
+            lease=self._leases.lease,
+        )
         now = datetime.now(timezone.utc)
         run = WorkflowRun.model_construct(
-            id=run_id,
+            id=job.run_id,
             workflow=name,
             status="running",
             input=json.loads(text),
             inline=True,
             graph_hash=defn.version,
-            wire=WorkflowRunWire.model_validate(UNKNOWN_WIRE if wire is None else _wire(wire)),
+            wire=run_wire,
             created_at=now,
             updated_at=now,
         )
-        outcome = await self._engine.replay(run_id, inline=True, run=run, fresh=True)
-        return _result(run_id, outcome)
+        outcome = await self._run_inline(job, on_cancel, run=run, fresh=True)
+        return _result(job.run_id, outcome)
+
+    async def _run_inline(
+        self, job: Job, on_cancel: str, *, run: WorkflowRun | None = None, fresh: bool = False
+    ) -> Outcome:
+        """A replay pass in the caller under ``job``'s lease, kept alive meanwhile."""
+        self._leases.hold(job.token)
+        try:
+            return await self._engine.replay(job, inline=True, run=run, fresh=fresh)
+        except LeaseLostError:
+            raise
+        except BaseException as exc:
+            await self._abandon(job, "cancel" if on_cancel == "cancel" else "release", exc)
+            raise
+        finally:
+            self._leases.drop(job.token)
+
+    async def _abandon(self, job: Job, on_cancel: str, exc: BaseException) -> None:
+        """The caller stopped running an inline run: hand it to the workers (or cancel it
+        if the caller was interrupted and asked for that). Best effort: if the
+        database is out of reach, the lease runs out instead."""
+        interrupted = not isinstance(exc, Exception)
+        with contextlib.suppress(Exception):
+            if interrupted and on_cancel == "cancel":
+                error = error_record(
+                    "the caller of run_to_completion was interrupted",
+                    code=CANCELLED,
+                    name="WorkflowCancelled",
+                )
+                await self._queue.cancel_run(job.run_id, error)
+                await self._queue.ack(job)
+            else:
+                await self._queue.release([job.token])
 
     async def wait_for_run(self, run_id: str, timeout: float | None = None) -> WorkflowRun:
         """Wait until a run is no longer ``running`` (completed, failed, cancelled or
@@ -251,40 +320,56 @@ class AsyncPgWorkflowService(AsyncWorkflowStateStore):
             raise WorkflowRunNotFoundError(run_id)
         raise InvalidRunStateError(f"workflow run {run_id} is {run.status}; it cannot be cancelled")
 
-    async def _reopen(self, run_id: str, *, enqueue: bool) -> WorkflowRun:
+    async def _resumable(self, run_id: str) -> WorkflowRun:
+        """The run to resume, checked; a failed run's failed steps get one more attempt."""
         run = await self.get_run(run_id)
         if run is None:
             raise WorkflowRunNotFoundError(run_id)
-        if run.status not in ("suspended", "failed"):
+        if run.status not in ("suspended", "failed", "running"):
             raise InvalidRunStateError(
-                f"workflow run {run_id} is {run.status}; only a suspended or failed run "
-                "can be resumed"
+                f"workflow run {run_id} is {run.status}; only a suspended, failed or "
+                "abandoned running run can be resumed"
             )
-        if not enqueue:
-            self._definition(run.workflow)  # it runs here: it must be registered here
         if run.status == "failed":
-            # Each failed step gets one more attempt.
             for step in await self.get_run_steps(run_id):
                 if step.status == "failed":
                     await self.create_retry_attempt(step.step_id, "pending")
-        if not await self._queue.reopen_run(run_id, enqueue=enqueue):
-            raise InvalidRunStateError(f"workflow run {run_id} changed status meanwhile")
         return run
 
     async def resume_run(self, run_id: str) -> None:
-        """Resume a suspended run (or retry a failed one); a worker continues it.
+        """Resume a suspended run, retry a failed one, or hand a running run whose owner
+        is gone (its caller or worker died, or was interrupted) to the workers.
 
         A failed run's failed steps get one more attempt. Raises
-        :class:`InvalidRunStateError` for a run that is running, completed or
-        cancelled, :class:`WorkflowRunNotFoundError` for an unknown run.
+        :class:`InvalidRunStateError` for a run that is completed, cancelled or
+        running under a live lease, :class:`WorkflowRunNotFoundError` for an unknown
+        run.
         """
-        await self._reopen(run_id, enqueue=True)
+        run = await self._resumable(run_id)
+        if run.status == "running":
+            if not await self._queue.adopt_run(run_id):
+                raise InvalidRunStateError(
+                    f"workflow run {run_id} is running and its runner holds a live lease"
+                )
+        elif not await self._queue.reopen_run(run_id, enqueue=True):
+            raise InvalidRunStateError(f"workflow run {run_id} changed status meanwhile")
 
     async def resume_to_completion(self, run_id: str) -> Any:
         """Like :meth:`resume_run`, but continue the run inline, in the caller, and
         return its output (or raise as :meth:`run_to_completion` does)."""
-        await self._reopen(run_id, enqueue=False)
-        outcome = await self._engine.replay(run_id, inline=True)
+        run = await self._resumable(run_id)
+        self._definition(run.workflow)  # it runs here: it must be registered here
+        job = await self._queue.take_over_run(
+            run_id,
+            owner=self._inline_owner,
+            lease=self._leases.lease,
+            reopen=run.status != "running",
+        )
+        if job is None:
+            raise InvalidRunStateError(
+                f"workflow run {run_id} changed status meanwhile, or another runner holds it"
+            )
+        outcome = await self._run_inline(job, "release")
         return _result(run_id, outcome)
 
     async def get_run_jobs(self, run_id: str) -> list[dict[str, Any]]:
@@ -364,6 +449,7 @@ class AsyncPgWorkflowService(AsyncWorkflowStateStore):
         for worker in list(self._workers):
             await worker.stop()
         self._workers.clear()
+        await self._leases.close()
         await super().close()
 
 

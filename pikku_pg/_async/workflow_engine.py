@@ -11,9 +11,12 @@ a sleeping run holds no worker), a queued RPC step (run by a step job on any
 worker), a suspension, a cancellation seen at a step boundary, or a graceful stop
 of the worker.
 
-The engine holds no SQL: it calls the state store's public methods and the queue's
-methods. Inline runs (``run_to_completion``) sleep and wait out retry delays in
-the caller instead of yielding.
+The engine holds no SQL: it reads through the state store and writes through the
+queue, whose writes are fenced by the lease of the job the pass holds (a worker's
+claim, or an inline caller's own claim): once another runner has taken the run
+over, every write of this one is refused and the pass stops with
+:class:`~pikku_pg.errors.LeaseLostError`. Inline runs (``run_to_completion``)
+sleep and wait out retry delays in the caller instead of yielding.
 """
 
 from __future__ import annotations
@@ -50,6 +53,7 @@ from pikku_pg._rows.workflow_engine import (
 from pikku_pg.errors import (
     DatabaseUnavailableError,
     InvalidInputError,
+    LeaseLostError,
     NonDeterminismError,
     StepExistsError,
     StepFailedError,
@@ -128,8 +132,9 @@ class _HandBack(_Signal):
 
 
 class _Unavailable(_Signal):
-    """The database failed under the engine: the pass stops, the run is not failed
-    (a worker retries the job; an inline caller gets the error)."""
+    """The database failed under the engine, or another runner took the run over
+    (:class:`LeaseLostError`): the pass stops at once, the run is not failed (a
+    worker retries the job; an inline caller gets the error)."""
 
     def __init__(self, error: Exception) -> None:
         super().__init__(str(error))
@@ -137,8 +142,13 @@ class _Unavailable(_Signal):
 
 
 # Errors of the engine's own database calls (not of step functions: those are
-# step failures).
-_DATABASE_DOWN = (psycopg.OperationalError, psycopg.InterfaceError, DatabaseUnavailableError)
+# step failures), and the refusal of a write whose lease is gone.
+_DATABASE_DOWN = (
+    psycopg.OperationalError,
+    psycopg.InterfaceError,
+    DatabaseUnavailableError,
+    LeaseLostError,
+)
 
 
 class _Fatal(_Signal):
@@ -180,10 +190,12 @@ def _fatal(exc: BaseException, code: str | None = None) -> _Fatal:
 
 @dataclass
 class _Pass:
-    """What one replay pass knows: the run, its steps by name, how it runs."""
+    """What one replay pass knows: the run, its steps by name, the job whose lease
+    fences its writes, how it runs."""
 
     run: WorkflowRun
     steps: dict[str, WorkflowRunStep]
+    job: Job
     inline: bool
     should_stop: Callable[[], bool] | None
     suspend_count: int = 0
@@ -264,7 +276,7 @@ class AsyncWorkflowContext:
     async def update_run_state(self, name: str, value: Any) -> None:
         """Set one named value of the run's state."""
         try:
-            await self._engine.store.update_run_state(self.run_id, name, value)
+            await self._engine.queue.update_run_state(self._state.job, name, value)
         except _DATABASE_DOWN as exc:
             raise _Unavailable(exc) from exc
 
@@ -299,34 +311,34 @@ class AsyncReplayEngine:
 
     async def replay(
         self,
-        run_id: str,
+        job: Job,
         *,
         inline: bool,
-        job: Job | None = None,
         should_stop: Callable[[], bool] | None = None,
         run: WorkflowRun | None = None,
         fresh: bool = False,
     ) -> Outcome:
-        """Run one replay pass of a run and record how it ended.
+        """Run one replay pass of ``job``'s run and record how it ended.
 
-        ``job``: the claimed replay job (acked, or rescheduled for a sleep). ``run``
-        and ``fresh`` (a run just created, so without steps) save round trips.
+        ``job``: the claimed replay job (acked, or rescheduled for a sleep); its
+        lease fences every write of the pass. ``run`` and ``fresh`` (a run just
+        created, so without steps) save round trips. Raises
+        :class:`LeaseLostError` when another runner took the run over.
         """
+        run_id = job.run_id
         if run is None:
             run = await self.store.get_run(run_id)
         if run is None or run.status != "running":
-            if job is not None:
-                await self.queue.ack(job)
+            await self.queue.ack(job)
             if run is None:
                 return Outcome("missing")
             return Outcome(run.status, run.output, stored_error_dict(run.error))
         workflow = self._workflows.get(run.workflow)
         if workflow is None:
             # Not deployed on this process: another worker (or a later deploy) runs it.
-            if job is not None:
-                await self.queue.reschedule(
-                    job, 5.0, error_record(f"workflow {run.workflow!r} is not registered here")
-                )
+            await self.queue.reschedule(
+                job, 5.0, error_record(f"workflow {run.workflow!r} is not registered here")
+            )
             return Outcome("yielded", delay=5.0)
         if run.graph_hash is not None and run.graph_hash != workflow.version:
             exc = WorkflowVersionConflictError(
@@ -335,9 +347,9 @@ class AsyncReplayEngine:
             )
             error = serialize_exception(exc)
             error["code"] = VERSION_CONFLICT
-            return await self._settle(run.id, Outcome("failed", error=error), job)
+            return await self._settle(Outcome("failed", error=error), job, inline)
         steps = {} if fresh else {s.step_name: s for s in await self.store.get_run_steps(run.id)}
-        state = _Pass(run, steps, inline, should_stop)
+        state = _Pass(run, steps, job, inline, should_stop)
         ctx = AsyncWorkflowContext(self, state)
         try:
             output = await call(workflow.fn, ctx, run.input)
@@ -366,24 +378,18 @@ class AsyncReplayEngine:
                         f"the workflow output cannot be stored: {exc}", name="InvalidInputError"
                     ),
                 )
-        return await self._settle(run.id, outcome, job)
+        return await self._settle(outcome, job, inline)
 
-    async def _settle(self, run_id: str, outcome: Outcome, job: Job | None) -> Outcome:
+    async def _settle(self, outcome: Outcome, job: Job, inline: bool) -> Outcome:
         """Store how a pass ended (run status, job ack or reschedule)."""
         if outcome.status in ("completed", "failed", "suspended"):
             done = await self.queue.finish_run(
-                run_id, outcome.status, output=outcome.output, error=outcome.error, job=job
+                job, outcome.status, output=outcome.output, error=outcome.error
             )
             if not done:  # cancelled (or finished) meanwhile: that status stands
-                run = await self.store.get_run(run_id)
+                run = await self.store.get_run(job.run_id)
                 if run is not None:
                     return Outcome(run.status, run.output, stored_error_dict(run.error))
-            return outcome
-        if job is None:
-            if outcome.status == "cancelled":
-                run = await self.store.get_run(run_id)
-                if run is not None and run.error is not None:
-                    outcome.error = stored_error_dict(run.error)
             return outcome
         if outcome.status == "yielded" and outcome.delay is not None:
             await self.queue.reschedule(job, outcome.delay)
@@ -391,6 +397,10 @@ class AsyncReplayEngine:
             await self.queue.reschedule(job, 0.0)
         else:  # cancelled, or waiting for a step job that queues the next replay
             await self.queue.ack(job)
+        if outcome.status == "cancelled" and inline:
+            run = await self.store.get_run(job.run_id)
+            if run is not None and run.error is not None:
+                outcome.error = stored_error_dict(run.error)
         return outcome
 
     # ------------------------------------------------------------- boundaries
@@ -461,28 +471,18 @@ class AsyncReplayEngine:
             await self._boundary(state, check_db=False)
             queued = rpc is not None and rpc.queued and not state.inline
             try:
-                if queued:
-                    created = await self.store.insert_step_state(
-                        state.run.id,
-                        name,
-                        rpc_name,
-                        data,
-                        retries=n_retries,
-                        retry_delay=delay_text,
-                    )
-                    step_id: str | None = created.step_id
-                else:
-                    # Checks the run is still running, stores the step as running.
-                    step_id = await self.queue.begin_step(
-                        state.run.id,
-                        name,
-                        rpc_name,
-                        data,
-                        retries=n_retries,
-                        retry_delay=delay_text,
-                    )
-                    if step_id is None:
-                        raise _Cancelled()
+                # Checks the run is still running; a step run here is stored running.
+                step_id = await self.queue.begin_step(
+                    state.job,
+                    name,
+                    rpc_name,
+                    data,
+                    retries=n_retries,
+                    retry_delay=delay_text,
+                    running=not queued,
+                )
+                if step_id is None:
+                    raise _Cancelled()
             except InvalidInputError as exc:
                 raise _Fatal(
                     error_record(f"step {name!r}: {exc}", name="InvalidInputError")
@@ -491,7 +491,6 @@ class AsyncReplayEngine:
                 # Another pass stored it meanwhile (a worker that lost its lease):
                 # stop this pass; the job runs again with the stored steps.
                 raise _Unavailable(exc) from None
-            assert step_id is not None
             attempt = 1
             status = "pending" if queued else "started"
         else:
@@ -500,9 +499,9 @@ class AsyncReplayEngine:
             data = step.data
         if rpc is not None and rpc.queued and not state.inline:
             if status == "pending":
-                await self.store.set_step_scheduled(step_id)
+                await self.queue.set_step_scheduled(state.job, step_id)
             # Idempotent: one job per step; the step job queues the next replay.
-            await self.queue.enqueue_step(state.run.id, name, backoff=backoff)
+            await self.queue.enqueue_step(state.job, name, backoff=backoff)
             raise _Yield(None)
         fn: Callable[..., Any] = rpc.fn if rpc is not None else target  # type: ignore[assignment]
         base_delay = parse_retry_delay(delay_text)
@@ -515,38 +514,38 @@ class AsyncReplayEngine:
                 if not state.inline:
                     raise _Yield(remaining)
                 await asleep(remaining)
-            await self.store.set_step_running(step_id)
+            await self.queue.set_step_running(state.job, step_id)
         elif status in ("running", "failed"):
             # Running: its worker died mid-attempt. Failed: the retry was not
             # recorded yet. Either way: a new attempt.
-            attempt = (await self.store.create_retry_attempt(step_id, "running")).attempt_count
+            attempt = await self.queue.retry_attempt(state.job, step_id, "running")
         elif status != "started":
-            await self.store.set_step_running(step_id)
+            await self.queue.set_step_running(state.job, step_id)
         while True:
             try:
                 result = await call(fn, data)
             except Exception as exc:
-                await self.store.set_step_error(step_id, exc)
+                await self.queue.set_step_error(state.job, step_id, exc)
                 if attempt >= 1 + n_retries:
                     raise StepFailedError(name, serialize_exception(exc)) from exc
                 wait = backoff_delay(base_delay, attempt, backoff)
                 if wait > 0 and not state.inline:
-                    await self.store.create_retry_attempt(step_id, "pending")
-                    await self.store.set_step_scheduled(step_id)
+                    await self.queue.retry_attempt(state.job, step_id, "pending")
+                    await self.queue.set_step_scheduled(state.job, step_id)
                     raise _Yield(wait) from None
                 if wait > 0:
                     await asleep(wait)
                 await self._boundary(state)
-                attempt = (await self.store.create_retry_attempt(step_id, "running")).attempt_count
+                attempt = await self.queue.retry_attempt(state.job, step_id, "running")
                 continue
             try:
-                await self.store.set_step_result(step_id, result)
+                await self.queue.set_step_result(state.job, step_id, result)
             except InvalidInputError as exc:
                 error = error_record(
                     f"step {name!r} returned a value that cannot be stored: {exc}",
                     name="InvalidInputError",
                 )
-                await self.store.set_step_error(step_id, error)
+                await self.queue.set_step_error(state.job, step_id, error)
                 raise _Fatal(error) from None
             return result
 
@@ -568,13 +567,11 @@ class AsyncReplayEngine:
         await self._boundary(state)
         if step is None or step.status != "scheduled":
             if step is None:
-                created = await self.store.insert_step_state(
-                    state.run.id, name, None, {"sleepMs": seconds * 1000.0}
-                )
-                step_id = created.step_id
+                created = await self._insert_step(state, name, {"sleepMs": seconds * 1000.0})
+                step_id = created
             else:
                 step_id = step.step_id
-            await self.store.set_step_scheduled(step_id)
+            await self.queue.set_step_scheduled(state.job, step_id)
             remaining = seconds
         else:
             step_id = step.step_id
@@ -583,8 +580,8 @@ class AsyncReplayEngine:
             if not state.inline:
                 raise _Yield(remaining)
             await asleep(remaining)
-        await self.store.set_step_running(step_id)
-        await self.store.set_step_result(step_id, None)
+        await self.queue.set_step_running(state.job, step_id)
+        await self.queue.set_step_result(state.job, step_id, None)
 
     async def suspend_step(self, state: _Pass, reason: str) -> None:
         if not isinstance(reason, str):
@@ -595,12 +592,21 @@ class AsyncReplayEngine:
         if step is not None:
             if step.status != "succeeded":
                 # This pass runs because the run was resumed.
-                await self.store.set_step_running(step.step_id)
-                await self.store.set_step_result(step.step_id, None)
+                await self.queue.set_step_running(state.job, step.step_id)
+                await self.queue.set_step_result(state.job, step.step_id, None)
             return
         await self._boundary(state)
-        await self.store.insert_step_state(state.run.id, name, None, {"reason": reason})
+        await self._insert_step(state, name, {"reason": reason})
         raise _Suspend(error_record(reason, code=SUSPENDED, name="WorkflowSuspended"))
+
+    async def _insert_step(self, state: _Pass, name: str, data: Any) -> str:
+        """Store a new pending step of the pass's run (a sleep, a suspension)."""
+        step_id = await self.queue.begin_step(
+            state.job, name, None, data, retries=None, retry_delay=None, running=False
+        )
+        if step_id is None:
+            raise _Cancelled()
+        return step_id
 
     # -------------------------------------------------------------- step jobs
 
@@ -615,50 +621,48 @@ class AsyncReplayEngine:
             return True
         steps = await self.store.get_run_steps(job.run_id)
         step = next((s for s in steps if s.step_name == job.step_name), None)
-        if step is None or step.status == "succeeded" or step.rpc_name is None:
-            await self.queue.enqueue_replay(job.run_id)
-            await self.queue.ack(job)
-            return True
-        rpc = self._rpcs.get(step.rpc_name)
-        if rpc is None:
-            # The replay finds it missing and suspends the run with RPC_NOT_FOUND.
-            await self.queue.enqueue_replay(job.run_id)
-            await self.queue.ack(job)
-            return True
-        if step.status == "failed" and step.attempt_count >= 1 + (step.retries or 0):
-            await self.queue.enqueue_replay(job.run_id)
+        rpc = None if step is None or step.rpc_name is None else self._rpcs.get(step.rpc_name)
+        if (
+            step is None
+            or step.status == "succeeded"
+            # Missing here: the replay finds it missing and suspends with RPC_NOT_FOUND.
+            or rpc is None
+            or (step.status == "failed" and step.attempt_count >= 1 + (step.retries or 0))
+        ):
+            await self.queue.enqueue_replay(job)
             await self.queue.ack(job)
             return True
         if should_stop is not None and should_stop():
             await self.queue.reschedule(job, 0.0)
             return False
         if step.status in ("running", "failed"):
-            attempt = (await self.store.create_retry_attempt(step.step_id, "running")).attempt_count
+            attempt = await self.queue.retry_attempt(job, step.step_id, "running")
         else:
             attempt = step.attempt_count
-            await self.store.set_step_running(step.step_id)
+            await self.queue.set_step_running(job, step.step_id)
         try:
             result = await call(rpc.fn, step.data)
         except Exception as exc:
-            await self.store.set_step_error(step.step_id, exc)
+            await self.queue.set_step_error(job, step.step_id, exc)
             if attempt < 1 + (step.retries or 0):
-                await self.store.create_retry_attempt(step.step_id, "pending")
-                await self.store.set_step_scheduled(step.step_id)
+                await self.queue.retry_attempt(job, step.step_id, "pending")
+                await self.queue.set_step_scheduled(job, step.step_id)
                 delay = backoff_delay(parse_retry_delay(step.retry_delay), attempt, job.backoff)
                 await self.queue.reschedule(job, delay)
                 return True
         else:
             try:
-                await self.store.set_step_result(step.step_id, result)
+                await self.queue.set_step_result(job, step.step_id, result)
             except InvalidInputError as exc:
-                await self.store.set_step_error(
+                await self.queue.set_step_error(
+                    job,
                     step.step_id,
                     error_record(
                         f"step {job.step_name!r} returned a value that cannot be stored: {exc}",
                         name="InvalidInputError",
                     ),
                 )
-        await self.queue.enqueue_replay(job.run_id)
+        await self.queue.enqueue_replay(job)
         await self.queue.ack(job)
         return True
 

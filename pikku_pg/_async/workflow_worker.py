@@ -35,7 +35,8 @@ from pikku_pg._acompat import AEvent, agather, aspawn, await_event
 from pikku_pg._async.workflow_engine import AsyncReplayEngine
 from pikku_pg._async.workflow_queue import AsyncWorkflowQueue, Job
 from pikku_pg._rows.workflow import serialize_exception
-from pikku_pg.errors import DatabaseUnavailableError, InvalidInputError
+from pikku_pg._rows.workflow_engine import positive_seconds
+from pikku_pg.errors import DatabaseUnavailableError, InvalidInputError, LeaseLostError
 
 if TYPE_CHECKING:
     from pikku_pg._async._database import ConnectionSource
@@ -50,14 +51,6 @@ _LISTENER_KWARGS: dict[str, Any] = {
     "connect_timeout": 10,
     "application_name": "pikku_pg workflow worker",
 }
-
-
-def _positive(name: str, value: object, *, allow_zero: bool = False) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise InvalidInputError(f"{name} must be a number, not {type(value).__name__}")
-    if value != value or value < 0 or (value == 0 and not allow_zero):
-        raise InvalidInputError(f"{name} must be a positive number, not {value!r}")
-    return float(value)
 
 
 def listener_target(
@@ -107,9 +100,11 @@ class AsyncWorkflowWorker:
         self._queue = queue
         self._listen_target = listen_target
         self.concurrency = concurrency
-        self.lease = _positive("lease", lease)
-        self.poll_interval = _positive("poll_interval", poll_interval)
-        self.shutdown_timeout = _positive("shutdown_timeout", shutdown_timeout, allow_zero=True)
+        self.lease = positive_seconds("lease", lease)
+        self.poll_interval = positive_seconds("poll_interval", poll_interval)
+        self.shutdown_timeout = positive_seconds(
+            "shutdown_timeout", shutdown_timeout, allow_zero=True
+        )
         #: Name recorded on claimed jobs (``locked_by``).
         self.name = name or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self._stopping = False
@@ -245,9 +240,8 @@ class AsyncWorkflowWorker:
         try:
             if job.kind == "replay":
                 outcome = await self._engine.replay(
-                    job.run_id,
+                    job,
                     inline=False,
-                    job=job,
                     should_stop=self._should_stop,
                     run=job.run,
                     fresh=not job.has_steps,
@@ -257,6 +251,16 @@ class AsyncWorkflowWorker:
                 finished = await self._engine.run_step_job(job, self._should_stop)
             if finished:
                 self.jobs_done += 1
+        except LeaseLostError:
+            # Stalled past the lease (a pause, a freeze): another worker owns the run
+            # now, and nothing this one wrote after losing the lease was applied.
+            logger.warning(
+                "workflow worker %s lost the lease of run %s (job %s) to another worker; "
+                "stopped working on it",
+                self.name,
+                job.run_id,
+                job.job_id,
+            )
         except Exception as exc:
             # The database went away mid-job, or a bug: the job runs again later and
             # keeps this error for inspection.

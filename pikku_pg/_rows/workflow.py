@@ -15,6 +15,8 @@ from pydantic import ValidationError
 from pikku_pg._json import check_text, dumps, jsonb, read_object
 from pikku_pg.errors import (
     InvalidInputError,
+    LeaseLostError,
+    StepAlreadyCompletedError,
     StepNotFoundError,
     WorkflowRunNotFoundError,
 )
@@ -107,6 +109,26 @@ def check_int(field: str, value: object, *, minimum: int = 0, maximum: int = MAX
     if not minimum <= value <= maximum:
         raise InvalidInputError(f"{field} must be between {minimum} and {maximum}, not {value}")
     return value
+
+
+def check_bool(field: str, value: object) -> bool:
+    """A bool (not merely truthy)."""
+    if not isinstance(value, bool):
+        raise InvalidInputError(f"{field} must be a bool, not {type(value).__name__}")
+    return value
+
+
+def check_transition(row: Sequence[Any] | None, step_id: object, run_id: str = "") -> None:
+    """Raise what a step transition's (changed, status before, lease held) row says."""
+    assert row is not None
+    changed, status, fenced = row[0], row[1], row[2]
+    if changed:
+        return
+    if not fenced:
+        raise LeaseLostError(run_id, f"lost the lease of workflow run {run_id}: step not written")
+    if status is None:
+        raise StepNotFoundError(step_id)
+    raise StepAlreadyCompletedError(str(step_id))
 
 
 def check_optional_text(field: str, value: object) -> str | None:

@@ -157,3 +157,12 @@ def notify_channel(schema: str) -> str:
     if len(name.encode()) <= 63:
         return name
     return "pikku_wf_" + hashlib.sha256(schema.encode()).hexdigest()[:32]
+
+
+def positive_seconds(name: str, value: object, *, allow_zero: bool = False) -> float:
+    """A finite number of seconds, > 0 (or >= 0 with ``allow_zero``)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise InvalidInputError(f"{name} must be a number, not {type(value).__name__}")
+    if not math.isfinite(value) or value < 0 or (value == 0 and not allow_zero):
+        raise InvalidInputError(f"{name} must be a positive number of seconds, not {value!r}")
+    return float(value)

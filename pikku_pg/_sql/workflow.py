@@ -178,13 +178,20 @@ WHERE workflow_run_id = %(run_id)s
 
 # One statement: concurrent writers of different names lose nothing (an UPDATE that
 # waited for another re-reads the row it changes).
-UPDATE_RUN_STATE = """\
-UPDATE {schema}.workflow_runs
+RUN_STATE_SET = """\
 SET state = CASE WHEN jsonb_typeof(state) = 'object' THEN state ELSE '{}'::jsonb END
             || jsonb_build_object(%(name)s::text, %(value)s::jsonb),
-    updated_at = now()
+    updated_at = now()"""
+
+UPDATE_RUN_STATE = (
+    """\
+UPDATE {schema}.workflow_runs
+"""
+    + RUN_STATE_SET
+    + """
 WHERE workflow_run_id = %(run_id)s
 """
+)
 
 GET_RUN_STATE = """\
 SELECT state FROM {schema}.workflow_runs WHERE workflow_run_id = %(run_id)s
@@ -276,66 +283,105 @@ WHERE s.workflow_run_id = %(run_id)s AND s.step_name = %(step_name)s
 """
 )
 
-# ``set_timestamp`` names the history column stamped by the transition.
-_TRANSITION = (
-    """\
-WITH s AS (
+# A step transition changes the step row and its current history row in one
+# statement. A succeeded step is final: ``{guard}`` refuses it (the state store lets a
+# caller overwrite it explicitly; a fenced engine write never does). The row says how
+# it went: (rows changed, the step's status before, whether the writer's lease held).
+# ``{fence}`` is empty for the state store's public writes; the engine's writes put the
+# lease check of ``pikku_pg._sql.workflow_queue`` there.
+_TRANSITION = """\
+WITH {fence}s AS (
   UPDATE {schema}.workflow_step
-  SET status = '{status}'{step_set}, updated_at = now()
-  WHERE workflow_step_id = %(step_id)s
-  RETURNING workflow_step_id
+  SET status = {status}{step_set}, updated_at = now()
+  WHERE workflow_step_id = %(step_id)s AND {guard}
+  RETURNING workflow_step_id, status
 ), h AS (
-  UPDATE {schema}.workflow_step_history
-  SET status = '{status}'{history_set}, {stamp} = clock_timestamp()
+  {history}
+)
+SELECT (SELECT count(*) FROM s),
+       (SELECT status::text FROM {schema}.workflow_step WHERE workflow_step_id = %(step_id)s),
+       {fenced}"""
+
+_UPDATE_HISTORY = (
+    """UPDATE {schema}.workflow_step_history
+  SET status = {status}{history_set}, {stamp} = clock_timestamp()
   WHERE history_id = """
     + CURRENT_HISTORY
     + """
-    AND EXISTS (SELECT FROM s)
-)
-SELECT count(*) FROM s
-"""
+    AND EXISTS (SELECT FROM s)"""
 )
 
+# A new attempt: the step row lock orders concurrent retries.
+_NEW_ATTEMPT = """INSERT INTO {schema}.workflow_step_history
+    (workflow_step_id, status, created_at, running_at)
+  SELECT workflow_step_id, status, clock_timestamp(),
+         CASE WHEN status = 'running' THEN clock_timestamp() END
+  FROM s"""
 
-def _transition(status: str, stamp: str, step_set: str = "", history_set: str = "") -> str:
-    return (
-        _TRANSITION.replace("{status}", status)
+#: The guard of the state store's public writes (``%(overwrite)s``: asked explicitly).
+UNFENCED = {
+    "fence": "",
+    "guard": "(status <> 'succeeded' OR %(overwrite)s)",
+    "fenced": "true",
+}
+
+
+def step_transition(
+    status: str,
+    stamp: str,
+    step_set: str = "",
+    history_set: str = "",
+    *,
+    fence: dict[str, str] = UNFENCED,
+) -> str:
+    """The SQL of one step transition to ``status`` (see ``_TRANSITION``)."""
+    history = (
+        _UPDATE_HISTORY.replace("{history_set}", history_set)
         .replace("{stamp}", stamp)
-        .replace("{step_set}", step_set)
-        .replace("{history_set}", history_set)
+        .replace("{status}", f"'{status}'")
+    )
+    return _fill(_TRANSITION, fence, history=history, status=f"'{status}'", step_set=step_set)
+
+
+def retry_attempt(*, fence: dict[str, str] = UNFENCED) -> str:
+    """The SQL of a new attempt of a step (status ``%(status)s``); its fourth column is
+    the new attempt's number."""
+    sql = _fill(
+        _TRANSITION,
+        fence,
+        history=_NEW_ATTEMPT,
+        status="%(status)s",
+        step_set=", result = NULL, error = NULL",
+    )
+    return (
+        sql
+        + """,
+       (SELECT count(*) FROM {schema}.workflow_step_history
+        WHERE workflow_step_id = %(step_id)s) + (SELECT count(*) FROM s)"""
     )
 
 
-SET_STEP_RUNNING = _transition("running", "running_at")
-SET_STEP_SCHEDULED = _transition("scheduled", "scheduled_at")
-SET_STEP_RESULT = _transition(
+def _fill(template: str, fence: dict[str, str], **parts: str) -> str:
+    for key, value in {**fence, **parts}.items():
+        template = template.replace("{" + key + "}", value)
+    return template
+
+
+SET_STEP_RUNNING = step_transition("running", "running_at")
+SET_STEP_SCHEDULED = step_transition("scheduled", "scheduled_at")
+SET_STEP_RESULT = step_transition(
     "succeeded",
     "succeeded_at",
     ", result = %(result)s, error = NULL",
     ", result = %(result)s, error = NULL",
 )
-SET_STEP_ERROR = _transition(
+SET_STEP_ERROR = step_transition(
     "failed",
     "failed_at",
     ", error = %(error)s, result = NULL",
     ", error = %(error)s, result = NULL",
 )
-
-# Two statements in one pipelined transaction: the second one's snapshot sees the
-# attempt just added, and the step row lock orders concurrent retries.
-RETRY_ATTEMPT = """\
-WITH s AS (
-  UPDATE {schema}.workflow_step
-  SET status = %(status)s, result = NULL, error = NULL, updated_at = now()
-  WHERE workflow_step_id = %(step_id)s
-  RETURNING workflow_step_id, status
-)
-INSERT INTO {schema}.workflow_step_history
-  (workflow_step_id, status, created_at, running_at)
-SELECT workflow_step_id, status, clock_timestamp(),
-       CASE WHEN status = 'running' THEN clock_timestamp() END
-FROM s
-"""
+RETRY_ATTEMPT = retry_attempt()
 
 STEP_STATE_BY_ID = (
     """\

@@ -18,6 +18,13 @@ once.
 
 The run-status statements here are conditional (``WHERE status = 'running'``), so
 a run that was cancelled meanwhile stays cancelled.
+
+Fencing: every write a runner makes for a run (its steps, attempts, run state and
+final status, the jobs it queues) names the lease token of the job it holds and
+is applied, in the same statement, only while that token is still the job's
+(``_FENCE``). An inline run (``run_to_completion``) holds a lease too: its replay
+job is created already claimed by the caller, so a run always has an owner or a
+job that any worker can claim.
 """
 
 from __future__ import annotations
@@ -25,7 +32,12 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 
 from pikku_pg._sql import render
-from pikku_pg._sql.workflow import RUN_COLUMNS
+from pikku_pg._sql.workflow import (
+    RUN_COLUMNS,
+    RUN_STATE_SET,
+    retry_attempt,
+    step_transition,
+)
 from pikku_pg.migrations import Component, Migration
 
 V1_JOBS = """\
@@ -96,6 +108,81 @@ WITH r AS (
 SELECT r.workflow_run_id::text, pg_notify(%(channel)s, '') FROM r
 """
 
+# An inline run and its replay job, created already claimed by the caller (one
+# statement): if the caller dies, the lease runs out and a worker takes the run over.
+START_INLINE_RUN = """\
+WITH r AS (
+  INSERT INTO {schema}.workflow_runs (workflow, status, input, inline, graph_hash, wire)
+  VALUES (%(workflow)s, 'running', %(input)s, true, %(graph_hash)s, %(wire)s)
+  RETURNING workflow_run_id
+), j AS (
+  INSERT INTO {schema}.workflow_jobs
+    (workflow_run_id, kind, status, attempts, lease_token, locked_by, locked_until)
+  SELECT workflow_run_id, 'replay', 'running', 1, gen_random_uuid(), %(owner)s,
+         now() + make_interval(secs => %(lease)s::float8)
+  FROM r
+  RETURNING job_id, lease_token
+)
+SELECT r.workflow_run_id::text, j.job_id, j.lease_token::text FROM r, j
+"""
+
+# No job of the run is held by a live lease (nobody is running it now).
+_NOBODY_HOLDS = """\
+NOT EXISTS (SELECT FROM {schema}.workflow_jobs AS held
+            WHERE held.workflow_run_id = %(run_id)s AND held.status = 'running'
+              AND held.locked_until >= now())"""
+
+# resume_run of a running run whose owner is gone (its lease ran out, or it never had
+# a job): its replay job becomes due now. A run whose job waits in the queue already
+# (handed back, sleeping) is left as it is, and so is a job that a worker claims at
+# the same moment. Row: (adopted, already queued).
+ADOPT_RUN = (
+    """\
+WITH r AS (
+  SELECT workflow_run_id FROM {schema}.workflow_runs
+  WHERE workflow_run_id = %(run_id)s AND status = 'running' AND """
+    + _NOBODY_HOLDS
+    + """
+), j AS (
+  INSERT INTO {schema}.workflow_jobs AS j (workflow_run_id, kind)
+  SELECT workflow_run_id, 'replay' FROM r
+  ON CONFLICT (workflow_run_id) WHERE kind = 'replay' DO UPDATE SET
+    status = 'pending', run_at = now(), rerun_at = NULL, lease_token = NULL,
+    locked_by = NULL, locked_until = NULL, updated_at = now()
+  WHERE j.status = 'running' AND j.locked_until < now()
+  RETURNING 1
+)
+SELECT EXISTS (SELECT FROM j),
+       EXISTS (SELECT FROM {schema}.workflow_jobs AS q
+               WHERE q.workflow_run_id = %(run_id)s AND q.status = 'pending'),
+       CASE WHEN EXISTS (SELECT FROM j) THEN pg_notify(%(channel)s, '') END
+"""
+)
+
+# resume_to_completion: the caller claims the run's replay job (creating it if the run
+# has none) when nobody holds the run. No row: somebody does.
+TAKE_OVER_RUN = (
+    """\
+WITH r AS (
+  SELECT workflow_run_id FROM {schema}.workflow_runs
+  WHERE workflow_run_id = %(run_id)s AND status = 'running' AND """
+    + _NOBODY_HOLDS
+    + """
+)
+INSERT INTO {schema}.workflow_jobs AS j
+  (workflow_run_id, kind, status, attempts, lease_token, locked_by, locked_until)
+SELECT workflow_run_id, 'replay', 'running', 1, gen_random_uuid(), %(owner)s,
+       now() + make_interval(secs => %(lease)s::float8)
+FROM r
+ON CONFLICT (workflow_run_id) WHERE kind = 'replay' DO UPDATE SET
+  status = 'running', lease_token = EXCLUDED.lease_token, locked_by = EXCLUDED.locked_by,
+  locked_until = EXCLUDED.locked_until, attempts = j.attempts + 1, rerun_at = NULL,
+  updated_at = now()
+WHERE j.status = 'pending' OR j.locked_until < now()
+RETURNING job_id, lease_token::text, attempts
+"""
+)
+
 _UPSERT_REPLAY = """\
 INSERT INTO {schema}.workflow_jobs AS j (workflow_run_id, kind, run_at)
 SELECT workflow_run_id, 'replay', now() + make_interval(secs => %(delay)s::float8)
@@ -108,17 +195,41 @@ ON CONFLICT (workflow_run_id) WHERE kind = 'replay' DO UPDATE SET
   updated_at = now()
 RETURNING 1"""
 
+# The fence of a runner's writes (see the module docstring). FOR SHARE orders the
+# write against a claim that takes the job over at the same moment: either the write
+# commits first (and the new owner sees it), or it waits, sees the new token and is
+# refused. The statements join it in as "IN (SELECT workflow_run_id FROM f)" and
+# report "EXISTS (SELECT FROM f)", so a refusal is told apart from a cancelled run.
+_FENCE_CTE = """\
+f AS (
+  SELECT workflow_run_id FROM {schema}.workflow_jobs
+  WHERE lease_token = %(token)s::uuid AND status = 'running'
+  FOR SHARE
+)"""
+_IN_FENCE = "workflow_run_id IN (SELECT workflow_run_id FROM f)"
+_FENCE = {
+    "fence": _FENCE_CTE + ", ",
+    "guard": "status <> 'succeeded' AND " + _IN_FENCE,
+    "fenced": "EXISTS (SELECT FROM f)",
+}
+
+# A step job's run continues: queue its next replay. Row: (queued, lease held).
 ENQUEUE_REPLAY = (
     """\
-WITH r AS (
+WITH """
+    + _FENCE_CTE
+    + """, r AS (
   SELECT workflow_run_id FROM {schema}.workflow_runs
-  WHERE workflow_run_id = %(run_id)s AND status = 'running'
+  WHERE workflow_run_id = %(run_id)s AND status = 'running' AND """
+    + _IN_FENCE
+    + """
 ), j AS (
 """
     + _UPSERT_REPLAY.replace("{source}", "r")
     + """
 )
-SELECT pg_notify(%(channel)s, '') FROM j
+SELECT EXISTS (SELECT FROM j), EXISTS (SELECT FROM f),
+       CASE WHEN EXISTS (SELECT FROM j) THEN pg_notify(%(channel)s, '') END
 """
 )
 
@@ -141,21 +252,29 @@ SELECT (SELECT count(*) FROM r), (SELECT count(*) FROM j),
 """
 )
 
-ENQUEUE_STEP = """\
-WITH j AS (
+# Row: (queued, lease held).
+ENQUEUE_STEP = (
+    """\
+WITH """
+    + _FENCE_CTE
+    + """, j AS (
   INSERT INTO {schema}.workflow_jobs AS j (workflow_run_id, kind, step_name, run_at, backoff)
-  VALUES (%(run_id)s, 'step', %(step_name)s,
-          now() + make_interval(secs => %(delay)s::float8), %(backoff)s)
+  SELECT workflow_run_id, 'step', %(step_name)s,
+         now() + make_interval(secs => %(delay)s::float8), %(backoff)s
+  FROM f WHERE workflow_run_id = %(run_id)s
   ON CONFLICT (workflow_run_id, step_name) WHERE kind = 'step' DO UPDATE SET
     run_at = CASE WHEN j.status = 'pending' THEN LEAST(j.run_at, EXCLUDED.run_at)
              ELSE j.run_at END,
     updated_at = now()
   RETURNING 1
 )
-SELECT pg_notify(%(channel)s, '') FROM j
+SELECT EXISTS (SELECT FROM j), EXISTS (SELECT FROM f),
+       CASE WHEN EXISTS (SELECT FROM j) THEN pg_notify(%(channel)s, '') END
 """
+)
 
-# Due pending jobs first, then jobs whose lease ran out (their worker died).
+# Jobs whose lease ran out (their worker died) first, then due pending jobs: a
+# crashed worker's run is taken over within one lease even behind a backlog.
 # The claim returns each job with a snapshot of its run (and whether the run has
 # steps yet), so a replay pass starts without two more round trips.
 CLAIM = (
@@ -173,7 +292,7 @@ WITH due AS (
   LIMIT %(limit)s
   FOR UPDATE SKIP LOCKED
 ), c AS (
-  SELECT job_id FROM due UNION ALL SELECT job_id FROM expired LIMIT %(limit)s
+  SELECT job_id FROM expired UNION ALL SELECT job_id FROM due LIMIT %(limit)s
 ), u AS (
   UPDATE {schema}.workflow_jobs AS j
   SET status = 'running', lease_token = gen_random_uuid(), locked_by = %(worker)s,
@@ -254,11 +373,42 @@ SELECT extract(epoch FROM LEAST(
 ) - now())::float8
 """
 
-FINISH_RUN = """\
-UPDATE {schema}.workflow_runs
-SET status = %(status)s, output = %(output)s, error = %(error)s, updated_at = now()
-WHERE workflow_run_id = %(run_id)s AND status = 'running'
+# A pass ended: the run moves from running to its final (or suspended) status.
+# Row: (changed, lease held).
+FINISH_RUN = (
+    """\
+WITH """
+    + _FENCE_CTE
+    + """, u AS (
+  UPDATE {schema}.workflow_runs
+  SET status = %(status)s, output = %(output)s, error = %(error)s, updated_at = now()
+  WHERE workflow_run_id = %(run_id)s AND status = 'running' AND """
+    + _IN_FENCE
+    + """
+  RETURNING 1
+)
+SELECT (SELECT count(*) FROM u), EXISTS (SELECT FROM f)
 """
+)
+
+# ctx.update_run_state. Row: (changed, lease held).
+UPDATE_RUN_STATE = (
+    """\
+WITH """
+    + _FENCE_CTE
+    + """, u AS (
+  UPDATE {schema}.workflow_runs
+"""
+    + RUN_STATE_SET
+    + """
+  WHERE workflow_run_id = %(run_id)s AND """
+    + _IN_FENCE
+    + """
+  RETURNING 1
+)
+SELECT (SELECT count(*) FROM u), EXISTS (SELECT FROM f)
+"""
+)
 
 CANCEL_RUN = """\
 WITH r AS (
@@ -273,28 +423,57 @@ WITH r AS (
 SELECT count(*) FROM r
 """
 
-# The engine's hot path: a new step and its first attempt, created already running,
-# only while the run is running (no row: the run was cancelled or ended). One
-# statement instead of three (status check, insert, running). Same rows as the
-# state store's insert_step_state + set_step_running.
-BEGIN_STEP = """\
-WITH r AS (
+# The engine's hot path: a new step and its first attempt (``running``, or ``pending``
+# for a queued RPC step or a sleep), only while the run is running and the writer's
+# lease holds. One statement instead of three (status check, insert, running); the
+# same rows as the state store's insert_step_state (+ set_step_running). Row: (step
+# id or NULL when the run is not running, lease held).
+BEGIN_STEP = (
+    """\
+WITH """
+    + _FENCE_CTE
+    + """, r AS (
   SELECT workflow_run_id FROM {schema}.workflow_runs
-  WHERE workflow_run_id = %(run_id)s AND status = 'running'
+  WHERE workflow_run_id = %(run_id)s AND status = 'running' AND """
+    + _IN_FENCE
+    + """
 ), s AS (
   INSERT INTO {schema}.workflow_step
     (workflow_run_id, step_name, rpc_name, data, status, retries, retry_delay)
-  SELECT workflow_run_id, %(step_name)s, %(rpc_name)s, %(data)s, 'running',
+  SELECT workflow_run_id, %(step_name)s, %(rpc_name)s, %(data)s,
+         CASE WHEN %(running)s THEN 'running' ELSE 'pending' END::{schema}.step_status_enum,
          %(retries)s, %(retry_delay)s
   FROM r
-  RETURNING workflow_step_id
+  RETURNING workflow_step_id, status
 ), h AS (
   INSERT INTO {schema}.workflow_step_history
     (workflow_step_id, status, created_at, running_at)
-  SELECT workflow_step_id, 'running', clock_timestamp(), clock_timestamp() FROM s
+  SELECT workflow_step_id, status, clock_timestamp(),
+         CASE WHEN %(running)s THEN clock_timestamp() END
+  FROM s
 )
-SELECT workflow_step_id::text FROM s
+SELECT (SELECT workflow_step_id::text FROM s), EXISTS (SELECT FROM f)
 """
+)
+
+# The engine's step transitions and new attempts, fenced.
+SET_STEP_RUNNING = step_transition("running", "running_at", fence=_FENCE)
+SET_STEP_SCHEDULED = step_transition("scheduled", "scheduled_at", fence=_FENCE)
+SET_STEP_RESULT = step_transition(
+    "succeeded",
+    "succeeded_at",
+    ", result = %(result)s, error = NULL",
+    ", result = %(result)s, error = NULL",
+    fence=_FENCE,
+)
+SET_STEP_ERROR = step_transition(
+    "failed",
+    "failed_at",
+    ", error = %(error)s, result = NULL",
+    ", error = %(error)s, result = NULL",
+    fence=_FENCE,
+)
+RETRY_ATTEMPT = retry_attempt(fence=_FENCE)
 
 RUN_STATUS = """\
 SELECT status::text FROM {schema}.workflow_runs WHERE workflow_run_id = %(run_id)s
@@ -314,6 +493,9 @@ class QueueQueries:
     """The queue statements rendered for one schema."""
 
     start_run: bytes
+    start_inline_run: bytes
+    adopt_run: bytes
+    take_over_run: bytes
     enqueue_replay: bytes
     reopen_run: bytes
     enqueue_step: bytes
@@ -326,12 +508,21 @@ class QueueQueries:
     finish_run: bytes
     cancel_run: bytes
     begin_step: bytes
+    update_run_state: bytes
+    set_step_running: bytes
+    set_step_scheduled: bytes
+    set_step_result: bytes
+    set_step_error: bytes
+    retry_attempt: bytes
     run_status: bytes
     jobs_of_run: bytes
 
 
 _TEMPLATES = {
     "start_run": START_RUN,
+    "start_inline_run": START_INLINE_RUN,
+    "adopt_run": ADOPT_RUN,
+    "take_over_run": TAKE_OVER_RUN,
     "enqueue_replay": ENQUEUE_REPLAY,
     "reopen_run": REOPEN_RUN,
     "enqueue_step": ENQUEUE_STEP,
@@ -344,6 +535,12 @@ _TEMPLATES = {
     "finish_run": FINISH_RUN,
     "cancel_run": CANCEL_RUN,
     "begin_step": BEGIN_STEP,
+    "update_run_state": UPDATE_RUN_STATE,
+    "set_step_running": SET_STEP_RUNNING,
+    "set_step_scheduled": SET_STEP_SCHEDULED,
+    "set_step_result": SET_STEP_RESULT,
+    "set_step_error": SET_STEP_ERROR,
+    "retry_attempt": RETRY_ATTEMPT,
     "run_status": RUN_STATUS,
     "jobs_of_run": JOBS_OF_RUN,
 }

@@ -11,8 +11,11 @@ It wires four parts that each stand on their own: the state store
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import json
+import os
+import socket
 import time
 from collections.abc import Callable, Mapping
 from datetime import datetime, timezone
@@ -27,6 +30,7 @@ from pikku_pg._rows.workflow_engine import (
     code_source,
     code_version,
     error_record,
+    positive_seconds,
     stored_error_dict,
 )
 from pikku_pg._sql.workflow import WORKFLOW
@@ -39,13 +43,15 @@ from pikku_pg._sync.workflow_engine import (
     WorkflowContext,
     WorkflowDefinition,
 )
-from pikku_pg._sync.workflow_queue import WorkflowQueue
+from pikku_pg._sync.workflow_leases import LeaseKeeper
+from pikku_pg._sync.workflow_queue import Job, WorkflowQueue
 from pikku_pg._sync.workflow_state import WorkflowStateStore
 from pikku_pg._sync.workflow_worker import WorkflowWorker, listener_target
 from pikku_pg.errors import (
     DuplicateRegistrationError,
     InvalidInputError,
     InvalidRunStateError,
+    LeaseLostError,
     WorkflowCancelledError,
     WorkflowFailedError,
     WorkflowNotFoundError,
@@ -57,6 +63,9 @@ from pikku_pg.migrations import Component
 from pikku_pg.models.workflow import WorkflowRun, WorkflowRunWire
 
 F = TypeVar("F", bound=Callable[..., Any])
+
+#: What ``run_to_completion`` does with its run when the caller is cancelled.
+ON_CANCEL = ("release", "cancel")
 
 __all__ = ["PgWorkflowService", "WorkflowContext", "WorkflowWorker"]
 
@@ -72,6 +81,10 @@ class PgWorkflowService(WorkflowStateStore):
     ``listen_conninfo`` is where workers LISTEN for wake-ups (default: the
     service's own server); LISTEN needs a session, so behind PgBouncer in
     transaction mode point it at PostgreSQL or run workers with ``listen=False``.
+
+    ``inline_lease`` (seconds) is the lease an inline run holds while its caller
+    runs it (extended every third of it): if the caller dies or freezes, a worker
+    that has the workflow registered takes the run over once the lease runs out.
     """
 
     components: ClassVar[tuple[Component, ...]] = (WORKFLOW, WORKFLOW_QUEUE)
@@ -84,9 +97,13 @@ class PgWorkflowService(WorkflowStateStore):
         connect_kwargs: Mapping[str, Any] | None = None,
         pool_kwargs: Mapping[str, Any] | None = None,
         listen_conninfo: str | None = None,
+        inline_lease: float = 30.0,
     ) -> None:
         super().__init__(conn, schema, connect_kwargs=connect_kwargs, pool_kwargs=pool_kwargs)
         self._queue = WorkflowQueue(self._db, self._schema)
+        self._leases = LeaseKeeper(self._queue, positive_seconds("inline_lease", inline_lease))
+        #: Recorded as ``locked_by`` on the jobs of this service's inline runs.
+        self._inline_owner = f"inline:{socket.gethostname()}:{os.getpid()}"
         self._workflows: dict[str, WorkflowDefinition] = {}
         self._rpcs: dict[str, RpcDefinition] = {}
         self._engine = ReplayEngine(self, self._queue, self._workflows, self._rpcs)
@@ -181,6 +198,7 @@ class PgWorkflowService(WorkflowStateStore):
         input: Any,
         *,
         wire: WorkflowRunWire | Mapping[str, Any] | None = None,
+        on_cancel: str = "release",
     ) -> Any:
         """Run a workflow inline, in the caller, and return its output.
 
@@ -188,25 +206,76 @@ class PgWorkflowService(WorkflowStateStore):
         :class:`WorkflowFailedError`, :class:`WorkflowCancelledError` or
         :class:`WorkflowSuspendedError` (each with ``run_id``; failures also carry
         ``error``, the stored error, and ``code``).
+
+        The run holds a lease while the caller runs it (see ``inline_lease``). When
+        the caller is interrupted (``asyncio.CancelledError``, ``KeyboardInterrupt``),
+        the run is handed to the workers at once (``on_cancel="release"``: any
+        worker with the workflow registered continues it) or cancelled
+        (``on_cancel="cancel"``); the interruption is then re-raised. When the
+        caller dies or loses its connection, the lease runs out and a worker takes
+        over. Raises :class:`LeaseLostError` if a worker took the run over while this
+        caller was frozen past its lease (nothing it wrote after that was applied).
         """
         defn = self._definition(name)
+        if on_cancel not in ON_CANCEL:
+            raise InvalidInputError(f"on_cancel must be 'release' or 'cancel', not {on_cancel!r}")
         text = dumps(input)  # refuses what is not JSON before anything is stored
+        run_wire = WorkflowRunWire.model_validate(UNKNOWN_WIRE if wire is None else _wire(wire))
         self._ensure_version(defn)
-        run_id = self.create_run(name, input, inline=True, graph_hash=defn.version, wire=wire)
+        job = self._queue.start_inline_run(
+            name,
+            input,
+            graph_hash=defn.version,
+            wire=wire,
+            owner=self._inline_owner,
+            lease=self._leases.lease,
+        )
         now = datetime.now(timezone.utc)
         run = WorkflowRun.model_construct(
-            id=run_id,
+            id=job.run_id,
             workflow=name,
             status="running",
             input=json.loads(text),
             inline=True,
             graph_hash=defn.version,
-            wire=WorkflowRunWire.model_validate(UNKNOWN_WIRE if wire is None else _wire(wire)),
+            wire=run_wire,
             created_at=now,
             updated_at=now,
         )
-        outcome = self._engine.replay(run_id, inline=True, run=run, fresh=True)
-        return _result(run_id, outcome)
+        outcome = self._run_inline(job, on_cancel, run=run, fresh=True)
+        return _result(job.run_id, outcome)
+
+    def _run_inline(
+        self, job: Job, on_cancel: str, *, run: WorkflowRun | None = None, fresh: bool = False
+    ) -> Outcome:
+        """A replay pass in the caller under ``job``'s lease, kept alive meanwhile."""
+        self._leases.hold(job.token)
+        try:
+            return self._engine.replay(job, inline=True, run=run, fresh=fresh)
+        except LeaseLostError:
+            raise
+        except BaseException as exc:
+            self._abandon(job, "cancel" if on_cancel == "cancel" else "release", exc)
+            raise
+        finally:
+            self._leases.drop(job.token)
+
+    def _abandon(self, job: Job, on_cancel: str, exc: BaseException) -> None:
+        """The caller stopped running an inline run: hand it to the workers (or cancel it
+        if the caller was interrupted and asked for that). Best effort: if the
+        database is out of reach, the lease runs out instead."""
+        interrupted = not isinstance(exc, Exception)
+        with contextlib.suppress(Exception):
+            if interrupted and on_cancel == "cancel":
+                error = error_record(
+                    "the caller of run_to_completion was interrupted",
+                    code=CANCELLED,
+                    name="WorkflowCancelled",
+                )
+                self._queue.cancel_run(job.run_id, error)
+                self._queue.ack(job)
+            else:
+                self._queue.release([job.token])
 
     def wait_for_run(self, run_id: str, timeout: float | None = None) -> WorkflowRun:
         """Wait until a run is no longer ``running`` (completed, failed, cancelled or
@@ -252,40 +321,56 @@ class PgWorkflowService(WorkflowStateStore):
             raise WorkflowRunNotFoundError(run_id)
         raise InvalidRunStateError(f"workflow run {run_id} is {run.status}; it cannot be cancelled")
 
-    def _reopen(self, run_id: str, *, enqueue: bool) -> WorkflowRun:
+    def _resumable(self, run_id: str) -> WorkflowRun:
+        """The run to resume, checked; a failed run's failed steps get one more attempt."""
         run = self.get_run(run_id)
         if run is None:
             raise WorkflowRunNotFoundError(run_id)
-        if run.status not in ("suspended", "failed"):
+        if run.status not in ("suspended", "failed", "running"):
             raise InvalidRunStateError(
-                f"workflow run {run_id} is {run.status}; only a suspended or failed run "
-                "can be resumed"
+                f"workflow run {run_id} is {run.status}; only a suspended, failed or "
+                "abandoned running run can be resumed"
             )
-        if not enqueue:
-            self._definition(run.workflow)  # it runs here: it must be registered here
         if run.status == "failed":
-            # Each failed step gets one more attempt.
             for step in self.get_run_steps(run_id):
                 if step.status == "failed":
                     self.create_retry_attempt(step.step_id, "pending")
-        if not self._queue.reopen_run(run_id, enqueue=enqueue):
-            raise InvalidRunStateError(f"workflow run {run_id} changed status meanwhile")
         return run
 
     def resume_run(self, run_id: str) -> None:
-        """Resume a suspended run (or retry a failed one); a worker continues it.
+        """Resume a suspended run, retry a failed one, or hand a running run whose owner
+        is gone (its caller or worker died, or was interrupted) to the workers.
 
         A failed run's failed steps get one more attempt. Raises
-        :class:`InvalidRunStateError` for a run that is running, completed or
-        cancelled, :class:`WorkflowRunNotFoundError` for an unknown run.
+        :class:`InvalidRunStateError` for a run that is completed, cancelled or
+        running under a live lease, :class:`WorkflowRunNotFoundError` for an unknown
+        run.
         """
-        self._reopen(run_id, enqueue=True)
+        run = self._resumable(run_id)
+        if run.status == "running":
+            if not self._queue.adopt_run(run_id):
+                raise InvalidRunStateError(
+                    f"workflow run {run_id} is running and its runner holds a live lease"
+                )
+        elif not self._queue.reopen_run(run_id, enqueue=True):
+            raise InvalidRunStateError(f"workflow run {run_id} changed status meanwhile")
 
     def resume_to_completion(self, run_id: str) -> Any:
         """Like :meth:`resume_run`, but continue the run inline, in the caller, and
         return its output (or raise as :meth:`run_to_completion` does)."""
-        self._reopen(run_id, enqueue=False)
-        outcome = self._engine.replay(run_id, inline=True)
+        run = self._resumable(run_id)
+        self._definition(run.workflow)  # it runs here: it must be registered here
+        job = self._queue.take_over_run(
+            run_id,
+            owner=self._inline_owner,
+            lease=self._leases.lease,
+            reopen=run.status != "running",
+        )
+        if job is None:
+            raise InvalidRunStateError(
+                f"workflow run {run_id} changed status meanwhile, or another runner holds it"
+            )
+        outcome = self._run_inline(job, "release")
         return _result(run_id, outcome)
 
     def get_run_jobs(self, run_id: str) -> list[dict[str, Any]]:
@@ -365,6 +450,7 @@ class PgWorkflowService(WorkflowStateStore):
         for worker in list(self._workers):
             worker.stop()
         self._workers.clear()
+        self._leases.close()
         super().close()
 
 

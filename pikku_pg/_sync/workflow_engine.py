@@ -12,9 +12,12 @@ a sleeping run holds no worker), a queued RPC step (run by a step job on any
 worker), a suspension, a cancellation seen at a step boundary, or a graceful stop
 of the worker.
 
-The engine holds no SQL: it calls the state store's public methods and the queue's
-methods. Inline runs (``run_to_completion``) sleep and wait out retry delays in
-the caller instead of yielding.
+The engine holds no SQL: it reads through the state store and writes through the
+queue, whose writes are fenced by the lease of the job the pass holds (a worker's
+claim, or an inline caller's own claim): once another runner has taken the run
+over, every write of this one is refused and the pass stops with
+:class:`~pikku_pg.errors.LeaseLostError`. Inline runs (``run_to_completion``)
+sleep and wait out retry delays in the caller instead of yielding.
 """
 
 from __future__ import annotations
@@ -51,6 +54,7 @@ from pikku_pg._sync.workflow_queue import Job, WorkflowQueue
 from pikku_pg.errors import (
     DatabaseUnavailableError,
     InvalidInputError,
+    LeaseLostError,
     NonDeterminismError,
     StepExistsError,
     StepFailedError,
@@ -129,8 +133,9 @@ class _HandBack(_Signal):
 
 
 class _Unavailable(_Signal):
-    """The database failed under the engine: the pass stops, the run is not failed
-    (a worker retries the job; an inline caller gets the error)."""
+    """The database failed under the engine, or another runner took the run over
+    (:class:`LeaseLostError`): the pass stops at once, the run is not failed (a
+    worker retries the job; an inline caller gets the error)."""
 
     def __init__(self, error: Exception) -> None:
         super().__init__(str(error))
@@ -138,8 +143,13 @@ class _Unavailable(_Signal):
 
 
 # Errors of the engine's own database calls (not of step functions: those are
-# step failures).
-_DATABASE_DOWN = (psycopg.OperationalError, psycopg.InterfaceError, DatabaseUnavailableError)
+# step failures), and the refusal of a write whose lease is gone.
+_DATABASE_DOWN = (
+    psycopg.OperationalError,
+    psycopg.InterfaceError,
+    DatabaseUnavailableError,
+    LeaseLostError,
+)
 
 
 class _Fatal(_Signal):
@@ -177,10 +187,12 @@ def _fatal(exc: BaseException, code: str | None = None) -> _Fatal:
 
 @dataclass
 class _Pass:
-    """What one replay pass knows: the run, its steps by name, how it runs."""
+    """What one replay pass knows: the run, its steps by name, the job whose lease
+    fences its writes, how it runs."""
 
     run: WorkflowRun
     steps: dict[str, WorkflowRunStep]
+    job: Job
     inline: bool
     should_stop: Callable[[], bool] | None
     suspend_count: int = 0
@@ -261,7 +273,7 @@ class WorkflowContext:
     def update_run_state(self, name: str, value: Any) -> None:
         """Set one named value of the run's state."""
         try:
-            self._engine.store.update_run_state(self.run_id, name, value)
+            self._engine.queue.update_run_state(self._state.job, name, value)
         except _DATABASE_DOWN as exc:
             raise _Unavailable(exc) from exc
 
@@ -296,34 +308,34 @@ class ReplayEngine:
 
     def replay(
         self,
-        run_id: str,
+        job: Job,
         *,
         inline: bool,
-        job: Job | None = None,
         should_stop: Callable[[], bool] | None = None,
         run: WorkflowRun | None = None,
         fresh: bool = False,
     ) -> Outcome:
-        """Run one replay pass of a run and record how it ended.
+        """Run one replay pass of ``job``'s run and record how it ended.
 
-        ``job``: the claimed replay job (acked, or rescheduled for a sleep). ``run``
-        and ``fresh`` (a run just created, so without steps) save round trips.
+        ``job``: the claimed replay job (acked, or rescheduled for a sleep); its
+        lease fences every write of the pass. ``run`` and ``fresh`` (a run just
+        created, so without steps) save round trips. Raises
+        :class:`LeaseLostError` when another runner took the run over.
         """
+        run_id = job.run_id
         if run is None:
             run = self.store.get_run(run_id)
         if run is None or run.status != "running":
-            if job is not None:
-                self.queue.ack(job)
+            self.queue.ack(job)
             if run is None:
                 return Outcome("missing")
             return Outcome(run.status, run.output, stored_error_dict(run.error))
         workflow = self._workflows.get(run.workflow)
         if workflow is None:
             # Not deployed on this process: another worker (or a later deploy) runs it.
-            if job is not None:
-                self.queue.reschedule(
-                    job, 5.0, error_record(f"workflow {run.workflow!r} is not registered here")
-                )
+            self.queue.reschedule(
+                job, 5.0, error_record(f"workflow {run.workflow!r} is not registered here")
+            )
             return Outcome("yielded", delay=5.0)
         if run.graph_hash is not None and run.graph_hash != workflow.version:
             exc = WorkflowVersionConflictError(
@@ -332,9 +344,9 @@ class ReplayEngine:
             )
             error = serialize_exception(exc)
             error["code"] = VERSION_CONFLICT
-            return self._settle(run.id, Outcome("failed", error=error), job)
+            return self._settle(Outcome("failed", error=error), job, inline)
         steps = {} if fresh else {s.step_name: s for s in self.store.get_run_steps(run.id)}
-        state = _Pass(run, steps, inline, should_stop)
+        state = _Pass(run, steps, job, inline, should_stop)
         ctx = WorkflowContext(self, state)
         try:
             output = call(workflow.fn, ctx, run.input)
@@ -363,24 +375,18 @@ class ReplayEngine:
                         f"the workflow output cannot be stored: {exc}", name="InvalidInputError"
                     ),
                 )
-        return self._settle(run.id, outcome, job)
+        return self._settle(outcome, job, inline)
 
-    def _settle(self, run_id: str, outcome: Outcome, job: Job | None) -> Outcome:
+    def _settle(self, outcome: Outcome, job: Job, inline: bool) -> Outcome:
         """Store how a pass ended (run status, job ack or reschedule)."""
         if outcome.status in ("completed", "failed", "suspended"):
             done = self.queue.finish_run(
-                run_id, outcome.status, output=outcome.output, error=outcome.error, job=job
+                job, outcome.status, output=outcome.output, error=outcome.error
             )
             if not done:  # cancelled (or finished) meanwhile: that status stands
-                run = self.store.get_run(run_id)
+                run = self.store.get_run(job.run_id)
                 if run is not None:
                     return Outcome(run.status, run.output, stored_error_dict(run.error))
-            return outcome
-        if job is None:
-            if outcome.status == "cancelled":
-                run = self.store.get_run(run_id)
-                if run is not None and run.error is not None:
-                    outcome.error = stored_error_dict(run.error)
             return outcome
         if outcome.status == "yielded" and outcome.delay is not None:
             self.queue.reschedule(job, outcome.delay)
@@ -388,6 +394,10 @@ class ReplayEngine:
             self.queue.reschedule(job, 0.0)
         else:  # cancelled, or waiting for a step job that queues the next replay
             self.queue.ack(job)
+        if outcome.status == "cancelled" and inline:
+            run = self.store.get_run(job.run_id)
+            if run is not None and run.error is not None:
+                outcome.error = stored_error_dict(run.error)
         return outcome
 
     # ------------------------------------------------------------- boundaries
@@ -458,28 +468,18 @@ class ReplayEngine:
             self._boundary(state, check_db=False)
             queued = rpc is not None and rpc.queued and not state.inline
             try:
-                if queued:
-                    created = self.store.insert_step_state(
-                        state.run.id,
-                        name,
-                        rpc_name,
-                        data,
-                        retries=n_retries,
-                        retry_delay=delay_text,
-                    )
-                    step_id: str | None = created.step_id
-                else:
-                    # Checks the run is still running, stores the step as running.
-                    step_id = self.queue.begin_step(
-                        state.run.id,
-                        name,
-                        rpc_name,
-                        data,
-                        retries=n_retries,
-                        retry_delay=delay_text,
-                    )
-                    if step_id is None:
-                        raise _Cancelled()
+                # Checks the run is still running; a step run here is stored running.
+                step_id = self.queue.begin_step(
+                    state.job,
+                    name,
+                    rpc_name,
+                    data,
+                    retries=n_retries,
+                    retry_delay=delay_text,
+                    running=not queued,
+                )
+                if step_id is None:
+                    raise _Cancelled()
             except InvalidInputError as exc:
                 raise _Fatal(
                     error_record(f"step {name!r}: {exc}", name="InvalidInputError")
@@ -488,7 +488,6 @@ class ReplayEngine:
                 # Another pass stored it meanwhile (a worker that lost its lease):
                 # stop this pass; the job runs again with the stored steps.
                 raise _Unavailable(exc) from None
-            assert step_id is not None
             attempt = 1
             status = "pending" if queued else "started"
         else:
@@ -497,9 +496,9 @@ class ReplayEngine:
             data = step.data
         if rpc is not None and rpc.queued and not state.inline:
             if status == "pending":
-                self.store.set_step_scheduled(step_id)
+                self.queue.set_step_scheduled(state.job, step_id)
             # Idempotent: one job per step; the step job queues the next replay.
-            self.queue.enqueue_step(state.run.id, name, backoff=backoff)
+            self.queue.enqueue_step(state.job, name, backoff=backoff)
             raise _Yield(None)
         fn: Callable[..., Any] = rpc.fn if rpc is not None else target  # type: ignore[assignment]
         base_delay = parse_retry_delay(delay_text)
@@ -512,38 +511,38 @@ class ReplayEngine:
                 if not state.inline:
                     raise _Yield(remaining)
                 sleep(remaining)
-            self.store.set_step_running(step_id)
+            self.queue.set_step_running(state.job, step_id)
         elif status in ("running", "failed"):
             # Running: its worker died mid-attempt. Failed: the retry was not
             # recorded yet. Either way: a new attempt.
-            attempt = (self.store.create_retry_attempt(step_id, "running")).attempt_count
+            attempt = self.queue.retry_attempt(state.job, step_id, "running")
         elif status != "started":
-            self.store.set_step_running(step_id)
+            self.queue.set_step_running(state.job, step_id)
         while True:
             try:
                 result = call(fn, data)
             except Exception as exc:
-                self.store.set_step_error(step_id, exc)
+                self.queue.set_step_error(state.job, step_id, exc)
                 if attempt >= 1 + n_retries:
                     raise StepFailedError(name, serialize_exception(exc)) from exc
                 wait = backoff_delay(base_delay, attempt, backoff)
                 if wait > 0 and not state.inline:
-                    self.store.create_retry_attempt(step_id, "pending")
-                    self.store.set_step_scheduled(step_id)
+                    self.queue.retry_attempt(state.job, step_id, "pending")
+                    self.queue.set_step_scheduled(state.job, step_id)
                     raise _Yield(wait) from None
                 if wait > 0:
                     sleep(wait)
                 self._boundary(state)
-                attempt = (self.store.create_retry_attempt(step_id, "running")).attempt_count
+                attempt = self.queue.retry_attempt(state.job, step_id, "running")
                 continue
             try:
-                self.store.set_step_result(step_id, result)
+                self.queue.set_step_result(state.job, step_id, result)
             except InvalidInputError as exc:
                 error = error_record(
                     f"step {name!r} returned a value that cannot be stored: {exc}",
                     name="InvalidInputError",
                 )
-                self.store.set_step_error(step_id, error)
+                self.queue.set_step_error(state.job, step_id, error)
                 raise _Fatal(error) from None
             return result
 
@@ -565,13 +564,11 @@ class ReplayEngine:
         self._boundary(state)
         if step is None or step.status != "scheduled":
             if step is None:
-                created = self.store.insert_step_state(
-                    state.run.id, name, None, {"sleepMs": seconds * 1000.0}
-                )
-                step_id = created.step_id
+                created = self._insert_step(state, name, {"sleepMs": seconds * 1000.0})
+                step_id = created
             else:
                 step_id = step.step_id
-            self.store.set_step_scheduled(step_id)
+            self.queue.set_step_scheduled(state.job, step_id)
             remaining = seconds
         else:
             step_id = step.step_id
@@ -580,8 +577,8 @@ class ReplayEngine:
             if not state.inline:
                 raise _Yield(remaining)
             sleep(remaining)
-        self.store.set_step_running(step_id)
-        self.store.set_step_result(step_id, None)
+        self.queue.set_step_running(state.job, step_id)
+        self.queue.set_step_result(state.job, step_id, None)
 
     def suspend_step(self, state: _Pass, reason: str) -> None:
         if not isinstance(reason, str):
@@ -592,12 +589,21 @@ class ReplayEngine:
         if step is not None:
             if step.status != "succeeded":
                 # This pass runs because the run was resumed.
-                self.store.set_step_running(step.step_id)
-                self.store.set_step_result(step.step_id, None)
+                self.queue.set_step_running(state.job, step.step_id)
+                self.queue.set_step_result(state.job, step.step_id, None)
             return
         self._boundary(state)
-        self.store.insert_step_state(state.run.id, name, None, {"reason": reason})
+        self._insert_step(state, name, {"reason": reason})
         raise _Suspend(error_record(reason, code=SUSPENDED, name="WorkflowSuspended"))
+
+    def _insert_step(self, state: _Pass, name: str, data: Any) -> str:
+        """Store a new pending step of the pass's run (a sleep, a suspension)."""
+        step_id = self.queue.begin_step(
+            state.job, name, None, data, retries=None, retry_delay=None, running=False
+        )
+        if step_id is None:
+            raise _Cancelled()
+        return step_id
 
     # -------------------------------------------------------------- step jobs
 
@@ -612,50 +618,48 @@ class ReplayEngine:
             return True
         steps = self.store.get_run_steps(job.run_id)
         step = next((s for s in steps if s.step_name == job.step_name), None)
-        if step is None or step.status == "succeeded" or step.rpc_name is None:
-            self.queue.enqueue_replay(job.run_id)
-            self.queue.ack(job)
-            return True
-        rpc = self._rpcs.get(step.rpc_name)
-        if rpc is None:
-            # The replay finds it missing and suspends the run with RPC_NOT_FOUND.
-            self.queue.enqueue_replay(job.run_id)
-            self.queue.ack(job)
-            return True
-        if step.status == "failed" and step.attempt_count >= 1 + (step.retries or 0):
-            self.queue.enqueue_replay(job.run_id)
+        rpc = None if step is None or step.rpc_name is None else self._rpcs.get(step.rpc_name)
+        if (
+            step is None
+            or step.status == "succeeded"
+            # Missing here: the replay finds it missing and suspends with RPC_NOT_FOUND.
+            or rpc is None
+            or (step.status == "failed" and step.attempt_count >= 1 + (step.retries or 0))
+        ):
+            self.queue.enqueue_replay(job)
             self.queue.ack(job)
             return True
         if should_stop is not None and should_stop():
             self.queue.reschedule(job, 0.0)
             return False
         if step.status in ("running", "failed"):
-            attempt = (self.store.create_retry_attempt(step.step_id, "running")).attempt_count
+            attempt = self.queue.retry_attempt(job, step.step_id, "running")
         else:
             attempt = step.attempt_count
-            self.store.set_step_running(step.step_id)
+            self.queue.set_step_running(job, step.step_id)
         try:
             result = call(rpc.fn, step.data)
         except Exception as exc:
-            self.store.set_step_error(step.step_id, exc)
+            self.queue.set_step_error(job, step.step_id, exc)
             if attempt < 1 + (step.retries or 0):
-                self.store.create_retry_attempt(step.step_id, "pending")
-                self.store.set_step_scheduled(step.step_id)
+                self.queue.retry_attempt(job, step.step_id, "pending")
+                self.queue.set_step_scheduled(job, step.step_id)
                 delay = backoff_delay(parse_retry_delay(step.retry_delay), attempt, job.backoff)
                 self.queue.reschedule(job, delay)
                 return True
         else:
             try:
-                self.store.set_step_result(step.step_id, result)
+                self.queue.set_step_result(job, step.step_id, result)
             except InvalidInputError as exc:
-                self.store.set_step_error(
+                self.queue.set_step_error(
+                    job,
                     step.step_id,
                     error_record(
                         f"step {job.step_name!r} returned a value that cannot be stored: {exc}",
                         name="InvalidInputError",
                     ),
                 )
-        self.queue.enqueue_replay(job.run_id)
+        self.queue.enqueue_replay(job)
         self.queue.ack(job)
         return True
 

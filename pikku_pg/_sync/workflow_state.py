@@ -7,10 +7,11 @@ workflow engine (the public state methods of TypeScript's ``PgWorkflowService``)
 the store and talks to the database only through these methods.
 
 Every step transition changes the step row and its current history row in one
-statement, so a crash never leaves them disagreeing. Transitions of one step are
-meant to come from one writer at a time (the engine holds ``step_lock`` or the
-run's lease): two writers racing on the same step leave the step row with the
-last one's status.
+statement, so a crash never leaves them disagreeing. A succeeded step is final:
+these methods refuse to change it unless asked explicitly (``overwrite=True``).
+The engine does not write through them: its writes are fenced by its lease (see
+:mod:`pikku_pg._async.workflow_queue`), so a runner that lost its lease changes
+nothing.
 """
 
 from __future__ import annotations
@@ -24,9 +25,11 @@ from psycopg.rows import dict_row, tuple_row
 
 from pikku_pg._json import check_text, jsonb
 from pikku_pg._rows.workflow import (
+    check_bool,
     check_int,
     check_optional_text,
     check_retry_status,
+    check_transition,
     check_workflow_status,
     decode_state,
     encode_error,
@@ -213,43 +216,59 @@ class WorkflowStateStore(PgService):
         """
         return fetch_run_steps(self._db, self._q, run_id)
 
-    def _transition(self, query: bytes, step_id: str, **params: Any) -> None:
+    def _transition(self, query: bytes, step_id: str, overwrite: bool, **params: Any) -> None:
         sid = step_uuid(step_id)
-        row = self._db.fetch_one(query, {"step_id": sid, **params}, row_factory=tuple_row)
-        if not row or not row[0]:
-            raise StepNotFoundError(step_id)
+        params = {"step_id": sid, "overwrite": check_bool("overwrite", overwrite), **params}
+        row = self._db.fetch_one(query, params, row_factory=tuple_row)
+        check_transition(row, step_id)
 
-    def set_step_running(self, step_id: str) -> None:
-        """Mark a step and its current attempt ``running`` (stamps ``running_at``)."""
-        self._transition(self._q.set_step_running, step_id)
+    def set_step_running(self, step_id: str, *, overwrite: bool = False) -> None:
+        """Mark a step and its current attempt ``running`` (stamps ``running_at``).
 
-    def set_step_scheduled(self, step_id: str) -> None:
+        A step that succeeded is final: every transition of it raises
+        :class:`StepAlreadyCompletedError` unless ``overwrite=True`` asks for it.
+        """
+        self._transition(self._q.set_step_running, step_id, overwrite)
+
+    def set_step_scheduled(self, step_id: str, *, overwrite: bool = False) -> None:
         """Mark a step and its current attempt ``scheduled`` (stamps ``scheduled_at``)."""
-        self._transition(self._q.set_step_scheduled, step_id)
+        self._transition(self._q.set_step_scheduled, step_id, overwrite)
 
-    def set_step_result(self, step_id: str, result: Any) -> None:
-        """Mark a step and its current attempt ``succeeded`` with ``result`` (None allowed)."""
+    def set_step_result(self, step_id: str, result: Any, *, overwrite: bool = False) -> None:
+        """Mark a step and its current attempt ``succeeded`` with ``result`` (None allowed).
+
+        A step that already succeeded keeps its result: this raises
+        :class:`StepAlreadyCompletedError` unless ``overwrite=True``.
+        """
         value = None if result is None else jsonb(result)
-        self._transition(self._q.set_step_result, step_id, result=value)
+        self._transition(self._q.set_step_result, step_id, overwrite, result=value)
 
-    def set_step_error(self, step_id: str, error: ErrorInput) -> None:
+    def set_step_error(self, step_id: str, error: ErrorInput, *, overwrite: bool = False) -> None:
         """Mark a step and its current attempt ``failed`` with the serialized ``error``."""
         if error is None:
             raise InvalidInputError("error must not be None")
-        self._transition(self._q.set_step_error, step_id, error=encode_error(error))
+        self._transition(self._q.set_step_error, step_id, overwrite, error=encode_error(error))
 
-    def create_retry_attempt(self, step_id: str, status: str = "pending") -> StepState:
+    def create_retry_attempt(
+        self, step_id: str, status: str = "pending", *, overwrite: bool = False
+    ) -> StepState:
         """Start a new attempt of a step (``pending`` or ``running``); returns its state.
 
         The step's result and error are cleared and ``attempt_count`` grows by one.
-        One pipelined transaction (one round trip).
+        One pipelined transaction (one round trip). A step that succeeded raises
+        :class:`StepAlreadyCompletedError` unless ``overwrite=True``.
         """
         sid = step_uuid(step_id)
-        params = {"step_id": sid, "status": check_retry_status(status)}
+        params = {
+            "step_id": sid,
+            "status": check_retry_status(status),
+            "overwrite": check_bool("overwrite", overwrite),
+        }
         with self._db.pipeline() as conn:
-            conn.execute(self._q.retry_attempt, params)
+            retry = conn.execute(self._q.retry_attempt, params)
             cur = conn.cursor(row_factory=dict_row)
             cur.execute(self._q.step_state_by_id, params)
+            check_transition(retry.fetchone(), step_id)
             row = cur.fetchone()
         if row is None:
             raise StepNotFoundError(step_id)

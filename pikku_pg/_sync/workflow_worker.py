@@ -34,9 +34,10 @@ from psycopg_pool import ConnectionPool
 
 from pikku_pg._acompat import Event, gather, spawn, wait_event
 from pikku_pg._rows.workflow import serialize_exception
+from pikku_pg._rows.workflow_engine import positive_seconds
 from pikku_pg._sync.workflow_engine import ReplayEngine
 from pikku_pg._sync.workflow_queue import Job, WorkflowQueue
-from pikku_pg.errors import DatabaseUnavailableError, InvalidInputError
+from pikku_pg.errors import DatabaseUnavailableError, InvalidInputError, LeaseLostError
 
 if TYPE_CHECKING:
     from pikku_pg._sync._database import ConnectionSource
@@ -51,14 +52,6 @@ _LISTENER_KWARGS: dict[str, Any] = {
     "connect_timeout": 10,
     "application_name": "pikku_pg workflow worker",
 }
-
-
-def _positive(name: str, value: object, *, allow_zero: bool = False) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise InvalidInputError(f"{name} must be a number, not {type(value).__name__}")
-    if value != value or value < 0 or (value == 0 and not allow_zero):
-        raise InvalidInputError(f"{name} must be a positive number, not {value!r}")
-    return float(value)
 
 
 def listener_target(
@@ -108,9 +101,11 @@ class WorkflowWorker:
         self._queue = queue
         self._listen_target = listen_target
         self.concurrency = concurrency
-        self.lease = _positive("lease", lease)
-        self.poll_interval = _positive("poll_interval", poll_interval)
-        self.shutdown_timeout = _positive("shutdown_timeout", shutdown_timeout, allow_zero=True)
+        self.lease = positive_seconds("lease", lease)
+        self.poll_interval = positive_seconds("poll_interval", poll_interval)
+        self.shutdown_timeout = positive_seconds(
+            "shutdown_timeout", shutdown_timeout, allow_zero=True
+        )
         #: Name recorded on claimed jobs (``locked_by``).
         self.name = name or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self._stopping = False
@@ -238,9 +233,8 @@ class WorkflowWorker:
         try:
             if job.kind == "replay":
                 outcome = self._engine.replay(
-                    job.run_id,
+                    job,
                     inline=False,
-                    job=job,
                     should_stop=self._should_stop,
                     run=job.run,
                     fresh=not job.has_steps,
@@ -250,6 +244,16 @@ class WorkflowWorker:
                 finished = self._engine.run_step_job(job, self._should_stop)
             if finished:
                 self.jobs_done += 1
+        except LeaseLostError:
+            # Stalled past the lease (a pause, a freeze): another worker owns the run
+            # now, and nothing this one wrote after losing the lease was applied.
+            logger.warning(
+                "workflow worker %s lost the lease of run %s (job %s) to another worker; "
+                "stopped working on it",
+                self.name,
+                job.run_id,
+                job.job_id,
+            )
         except Exception as exc:
             # The database went away mid-job, or a bug: the job runs again later and
             # keeps this error for inspection.
