@@ -257,6 +257,8 @@ def test_runs_lists_and_filters(cli: Any, stored: Stored) -> None:
     )
     failed_row = next(line for line in table.out.splitlines() if stored.failed in line)
     assert "doomed" in failed_row and "failed" in failed_row and "no such account" in failed_row
+    queued_row = next(line for line in table.out.splitlines() if stored.queued in line)
+    assert "waiting for a worker" in queued_row  # nobody runs it now
 
     onboard = cli("runs", "--workflow", "onboard", "--json").json()
     assert {r["id"] for r in onboard} == {stored.completed, stored.queued}
@@ -292,7 +294,10 @@ def test_run_shows_a_timeline_of_attempts(cli: Any, stored: Stored) -> None:
     ]
     queued = cli("run", stored.queued, "--json").json()
     assert [(j["kind"], j["status"]) for j in queued["jobs"]] == [("replay", "pending")]
-    assert "Queued jobs" in cli("run", stored.queued).out
+    assert (queued["run"]["status"], queued["run"]["activity"]) == ("running", "waiting")
+    assert "activity" not in data["run"]  # only running runs have one
+    shown_queued = cli("run", stored.queued).out
+    assert "Queued jobs" in shown_queued and "status      waiting for a worker" in shown_queued
     failed = cli("run", stored.failed).out
     assert "ValueError: no such account" in failed and "status      failed" in failed
 

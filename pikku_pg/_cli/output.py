@@ -27,6 +27,8 @@ STATUS_STYLES: dict[str, str] = {
     "running": "yellow",
     "pending": "yellow",
     "scheduled": "cyan",
+    "waiting for a worker": "bold yellow",
+    "no owner": "bold yellow",
     "suspended": "magenta",
     "failed": "bold red",
     "denied": "red",

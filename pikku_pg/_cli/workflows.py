@@ -15,6 +15,7 @@ from pikku_pg._sync.workflow_runs import PgWorkflowRunService
 from pikku_pg.errors import WorkflowRunNotFoundError
 from pikku_pg.models.workflow import (
     WORKFLOW_STATUSES,
+    RunActivity,
     SerializedError,
     WorkflowRun,
     WorkflowStepHistory,
@@ -79,14 +80,15 @@ def list_runs(args: argparse.Namespace, out: Output) -> int:
         expect_tables(args.schema, "workflow"),
     ):
         found = console.list_runs(workflow_name=args.workflow, status=args.status, limit=args.limit)
+        activity = _activity(conn, args.schema, found)
     if out.json_mode:
-        out.json([r.model_dump(by_alias=True, mode="json") for r in found])
+        out.json([_run_json(r, activity) for r in found])
         return EXIT_OK
     out.table(
         [
             Column("id", 36),
             Column("workflow", 30),
-            Column("status", 10, status=True),
+            Column("status", 20, status=True),
             Column("created", 20),
             Column("updated", 20),
             Column("error", 50),
@@ -95,7 +97,7 @@ def list_runs(args: argparse.Namespace, out: Output) -> int:
             [
                 r.id,
                 r.workflow,
-                r.status,
+                _status_text(r, activity),
                 fmt_time(r.created_at),
                 fmt_time(r.updated_at),
                 _error_text(r.error),
@@ -132,6 +134,26 @@ def _jobs(conn: Any, schema: str, run_id: str) -> list[dict[str, Any]]:
             return []
 
 
+def _activity(conn: Any, schema: str, runs: list[WorkflowRun]) -> dict[str, RunActivity]:
+    """What the running runs are doing (held, waiting for a worker...); nothing when the
+    schema has no job queue (TypeScript-made)."""
+    running = [r.id for r in runs if r.status == "running"]
+    if not running:
+        return {}
+    with PgWorkflowService(conn, schema) as engine:
+        try:
+            return engine.get_run_activity(running)
+        except pg_errors.UndefinedTable:
+            return {}
+
+
+def _status_text(run: WorkflowRun, activity: dict[str, RunActivity]) -> str:
+    """The run's status, or for a running run what it is doing (``waiting for a
+    worker`` when nobody runs it now)."""
+    found = activity.get(run.id)
+    return run.status if found is None else found.label
+
+
 def show_run(args: argparse.Namespace, out: Output) -> int:
     with (
         connect(args) as conn,
@@ -143,16 +165,17 @@ def show_run(args: argparse.Namespace, out: Output) -> int:
             raise WorkflowRunNotFoundError(args.id)
         history = console.get_run_history(args.id)
         jobs = _jobs(conn, args.schema, run.id)
+        activity = _activity(conn, args.schema, [run])
     if out.json_mode:
         out.json(
             {
-                "run": run.model_dump(by_alias=True, mode="json"),
+                "run": _run_json(run, activity),
                 "history": [h.model_dump(by_alias=True, mode="json") for h in history],
                 "jobs": jobs,
             }
         )
         return EXIT_OK
-    _print_run(out, run)
+    _print_run(out, run, activity)
     out.line()
     out.heading("Step attempts")
     rows = []
@@ -212,12 +235,28 @@ def show_run(args: argparse.Namespace, out: Output) -> int:
     return EXIT_OK
 
 
-def _print_run(out: Output, run: WorkflowRun) -> None:
+def _run_json(run: WorkflowRun, activity: dict[str, RunActivity]) -> dict[str, Any]:
+    """A run as JSON, with ``activity`` (``running``, ``waiting``, ``scheduled``,
+    ``unowned``) when it is running and the schema has a job queue."""
+    data: dict[str, Any] = run.model_dump(by_alias=True, mode="json")
+    found = activity.get(run.id)
+    if found is not None:
+        data["activity"] = found.state
+    return data
+
+
+def _print_run(out: Output, run: WorkflowRun, activity: dict[str, RunActivity]) -> None:
     out.heading(f"Workflow run {run.id}")
     took = fmt_duration(run.updated_at - run.created_at)
+    status = _status_text(run, activity)
+    found = activity.get(run.id)
+    if found is not None and found.worker:
+        status += f" (by {found.worker})"
+    elif found is not None and found.due_at is not None:
+        status += f" (due {fmt_time(found.due_at)})"
     pairs = [
         ("workflow", run.workflow),
-        ("status", run.status),
+        ("status", status),
         ("created", fmt_time(run.created_at)),
         ("updated", f"{fmt_time(run.updated_at)} ({took} after creation)"),
         ("mode", "inline" if run.inline else "queued"),

@@ -7,6 +7,7 @@ import json
 import traceback
 import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from datetime import datetime, timezone
 from typing import Any, TypeVar
 
 from psycopg.types.json import Jsonb
@@ -25,6 +26,7 @@ from pikku_pg.models.workflow import (
     STEP_STATUSES,
     WORKFLOW_STATUSES,
     GraphState,
+    RunActivity,
     SerializedError,
     StepState,
     WorkflowRun,
@@ -291,6 +293,18 @@ def read_wire(text: str | None) -> WorkflowRunWire:
         return WorkflowRunWire.model_validate(obj)
     except ValidationError:
         return WorkflowRunWire.model_validate(UNKNOWN_WIRE)
+
+
+def run_activity_from_row(row: Sequence[Any]) -> RunActivity:
+    """A row of RUN_ACTIVITY: (run id, job status, run_at, locked_by, lease live)."""
+    run_id, status, run_at, locked_by, live = row
+    if status is None:
+        return trusted(RunActivity, run_id=run_id, state="unowned", worker=None, due_at=None)
+    if status == "running" and live:
+        return trusted(RunActivity, run_id=run_id, state="running", worker=locked_by, due_at=None)
+    if status == "pending" and run_at > datetime.now(timezone.utc):
+        return trusted(RunActivity, run_id=run_id, state="scheduled", worker=None, due_at=run_at)
+    return trusted(RunActivity, run_id=run_id, state="waiting", worker=None, due_at=None)
 
 
 def run_from_row(row: Mapping[str, Any]) -> WorkflowRun:

@@ -479,6 +479,21 @@ RUN_STATUS = """\
 SELECT status::text FROM {schema}.workflow_runs WHERE workflow_run_id = %(run_id)s
 """
 
+# What each run is doing now: the job that says most (a live lease first, then the
+# earliest due), or none. Row per run id: (run id, job status, run_at, locked_by,
+# lease live).
+RUN_ACTIVITY = """\
+SELECT r.id::text, j.status, j.run_at, j.locked_by, j.locked_until >= now()
+FROM unnest(%(run_ids)s::uuid[]) AS r(id)
+JOIN {schema}.workflow_runs AS run ON run.workflow_run_id = r.id
+LEFT JOIN LATERAL (
+  SELECT status, run_at, locked_by, locked_until FROM {schema}.workflow_jobs
+  WHERE workflow_run_id = r.id
+  ORDER BY status = 'running' AND locked_until >= now() DESC, run_at
+  LIMIT 1
+) AS j ON true
+"""
+
 JOBS_OF_RUN = """\
 SELECT job_id, kind, step_name, status, run_at, rerun_at, attempts, locked_by,
        locked_until, last_error
@@ -516,6 +531,7 @@ class QueueQueries:
     retry_attempt: bytes
     run_status: bytes
     jobs_of_run: bytes
+    run_activity: bytes
 
 
 _TEMPLATES = {
@@ -543,6 +559,7 @@ _TEMPLATES = {
     "retry_attempt": RETRY_ATTEMPT,
     "run_status": RUN_STATUS,
     "jobs_of_run": JOBS_OF_RUN,
+    "run_activity": RUN_ACTIVITY,
 }
 assert set(_TEMPLATES) == {f.name for f in fields(QueueQueries)}
 

@@ -17,7 +17,7 @@ import json
 import os
 import socket
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime, timezone
 from typing import Any, ClassVar, TypeVar
 
@@ -60,7 +60,7 @@ from pikku_pg.errors import (
     WorkflowTimeoutError,
 )
 from pikku_pg.migrations import Component
-from pikku_pg.models.workflow import WorkflowRun, WorkflowRunWire
+from pikku_pg.models.workflow import RunActivity, WorkflowRun, WorkflowRunWire
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -372,6 +372,15 @@ class PgWorkflowService(WorkflowStateStore):
             )
         outcome = self._run_inline(job, "release")
         return _result(run_id, outcome)
+
+    def get_run_activity(self, run_ids: Sequence[str]) -> dict[str, RunActivity]:
+        """What each running run of ``run_ids`` is doing now, by run id (one query):
+        held by a worker or an inline caller, waiting for a worker, scheduled for
+        later, or with no owner at all. Ids that name no run are left out; the
+        entries of runs that are not running say nothing useful."""
+        if isinstance(run_ids, str):
+            raise InvalidInputError("run_ids must be a list of run ids, not a str")
+        return self._queue.run_activity(list(run_ids))
 
     def get_run_jobs(self, run_id: str) -> list[dict[str, Any]]:
         """The queued jobs of a run (kind, status, run_at, attempts, last_error...)."""

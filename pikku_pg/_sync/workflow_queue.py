@@ -29,6 +29,7 @@ from pikku_pg._rows.workflow import (
     encode_state_value,
     encode_wire,
     maybe_run_uuid,
+    run_activity_from_row,
     run_from_row,
     run_uuid,
     step_uuid,
@@ -37,7 +38,7 @@ from pikku_pg._rows.workflow_engine import check_backoff, notify_channel
 from pikku_pg._sql.workflow_queue import queue_queries
 from pikku_pg._sync._database import Database
 from pikku_pg.errors import LeaseLostError, StepExistsError
-from pikku_pg.models.workflow import WorkflowRun, WorkflowRunWire
+from pikku_pg.models.workflow import RunActivity, WorkflowRun, WorkflowRunWire
 
 
 @dataclass(frozen=True)
@@ -407,3 +408,11 @@ class WorkflowQueue:
         if rid is None:
             return []
         return self._db.fetch_all(self._q.jobs_of_run, {"run_id": rid}, row_factory=dict_row)
+
+    def run_activity(self, run_ids: Sequence[str]) -> dict[str, RunActivity]:
+        """What each of the (running) runs ``run_ids`` is doing now, in one query."""
+        ids = [rid for rid in (maybe_run_uuid(r) for r in run_ids) if rid is not None]
+        if not ids:
+            return {}
+        rows = self._db.fetch_all(self._q.run_activity, {"run_ids": ids}, row_factory=tuple_row)
+        return {row[0]: run_activity_from_row(row) for row in rows}

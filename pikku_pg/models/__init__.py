@@ -28,6 +28,7 @@ from pikku_pg.models.channel import Channel, EventHubMessage
 from pikku_pg.models.deployment import DeploymentConfig, DeploymentInfo
 from pikku_pg.models.workflow import (
     GraphState,
+    RunActivity,
     SerializedError,
     StepState,
     StepStatus,
@@ -60,6 +61,7 @@ __all__ = [
     "ImagePart",
     "PendingApproval",
     "PikkuModel",
+    "RunActivity",
     "SerializedError",
     "StepState",
     "StepStatus",

@@ -66,6 +66,35 @@ class WorkflowRun(PikkuModel):
     updated_at: datetime
 
 
+RunActivityState = Literal["running", "waiting", "scheduled", "unowned"]
+"""What a ``running`` run is doing now (see :class:`RunActivity`)."""
+
+
+class RunActivity(PikkuModel):
+    """Who has a ``running`` run now (beyond TypeScript: from the job queue).
+
+    ``state`` is ``"running"`` (a worker or an inline caller holds a live lease:
+    ``worker`` names it), ``"waiting"`` (waiting for a worker: its job is due, or
+    its holder's lease ran out), ``"scheduled"`` (a sleep or a retry delay: due at
+    ``due_at``) or ``"unowned"`` (no job at all: a run stored without the engine's
+    queue, e.g. by another runner; ``resume_run`` hands it to the workers).
+    """
+
+    run_id: str
+    state: RunActivityState
+    worker: str | None = None
+    due_at: datetime | None = None
+
+    @property
+    def label(self) -> str:
+        """A short human description, for consoles."""
+        if self.state == "running":
+            return "running"
+        if self.state == "scheduled":
+            return "scheduled"
+        return "waiting for a worker" if self.state == "waiting" else "no owner"
+
+
 class StepState(PikkuModel):
     """The state of a step: its current attempt and how many attempts it has had."""
 

@@ -303,6 +303,46 @@ async def test_resume_run_adopts_a_running_run_whose_owner_is_gone(
     assert await _count(admin_conn, schema_name, "workflow_jobs") == 0
 
 
+async def test_run_activity_says_who_has_each_running_run(
+    wf: AsyncPgWorkflowService, admin_conn: AsyncConnection[Any], schema_name: str
+) -> None:
+    @wf.workflow("w")
+    async def w(ctx: AsyncWorkflowContext, _: Any) -> None:
+        return None
+
+    version = wf._definition("w").version
+    queued = await wf.start_workflow("w", None)
+    held = await wf._queue.start_inline_run(
+        "w", None, graph_hash=version, wire=None, owner="caller", lease=60
+    )
+    expired = await wf._queue.start_inline_run(
+        "w", None, graph_hash=version, wire=None, owner="dead", lease=0.01
+    )
+    sleeping = await wf.start_workflow("w", None)
+    await admin_conn.execute(
+        f"UPDATE \"{schema_name}\".workflow_jobs SET run_at = now() + interval '1 h' "
+        "WHERE workflow_run_id = %s",
+        (sleeping,),
+    )
+    unowned = await wf.create_run("w", None)
+    await asleep(0.05)
+    found = await wf.get_run_activity(
+        [queued, held.run_id, expired.run_id, sleeping, unowned, "not-a-uuid"]
+    )
+    states = {run_id: (a.state, a.worker) for run_id, a in found.items()}
+    assert states == {
+        queued: ("waiting", None),
+        held.run_id: ("running", "caller"),
+        expired.run_id: ("waiting", None),
+        sleeping: ("scheduled", None),
+        unowned: ("unowned", None),
+    }
+    assert found[sleeping].due_at is not None
+    assert found[expired.run_id].label == "waiting for a worker"
+    with pytest.raises(InvalidInputError, match="run_ids"):
+        await wf.get_run_activity(queued)  # type: ignore[arg-type]
+
+
 # -------------------------------------------------------------------- recovery
 
 
