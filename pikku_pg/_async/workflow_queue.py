@@ -13,6 +13,7 @@ refused write raises :class:`~pikku_pg.errors.LeaseLostError`. See
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -114,9 +115,12 @@ class AsyncWorkflowQueue:
         wire: WorkflowRunWire | Mapping[str, Any] | None,
         owner: str,
         lease: float,
+        token: str | None = None,
     ) -> Job:
         """Store an inline run with its replay job claimed by ``owner`` for ``lease`` s
-        (one statement); returns the claim."""
+        under the lease ``token`` (a new UUID by default), in one statement; returns
+        the claim."""
+        token = token or str(uuid.uuid4())
         params = {
             "workflow": check_text("workflow_name", workflow_name),
             "input": jsonb(input),
@@ -124,10 +128,11 @@ class AsyncWorkflowQueue:
             "wire": encode_wire(wire),
             "owner": owner,
             "lease": float(lease),
+            "token": token,
         }
         row = await self._db.fetch_one(self._q.start_inline_run, params, row_factory=tuple_row)
         assert row is not None
-        return Job(int(row[1]), str(row[0]), "replay", None, str(row[2]), 1, has_steps=False)
+        return Job(int(row[1]), str(row[0]), "replay", None, token, 1, has_steps=False)
 
     async def adopt_run(self, run_id: str) -> bool:
         """Make a running run whose owner is gone due for any worker now.
@@ -392,6 +397,12 @@ class AsyncWorkflowQueue:
         }
         row = await self._db.fetch_one(self._q.update_run_state, params, row_factory=tuple_row)
         _check_lease(row, job)
+
+    async def job_of_token(self, token: str) -> Job | None:
+        """The claim that the lease ``token`` names, or None."""
+        params = {"token": token}
+        row = await self._db.fetch_one(self._q.job_of_token, params, row_factory=tuple_row)
+        return None if row is None else Job(int(row[0]), str(row[1]), "replay", None, token, 1)
 
     async def run_status(self, run_id: str) -> str | None:
         """The status of a run, or None when it does not exist (one cheap query)."""

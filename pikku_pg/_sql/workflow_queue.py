@@ -110,6 +110,8 @@ SELECT r.workflow_run_id::text, pg_notify(%(channel)s, '') FROM r
 
 # An inline run and its replay job, created already claimed by the caller (one
 # statement): if the caller dies, the lease runs out and a worker takes the run over.
+# The caller makes the token, so it can hand the run back even if it is interrupted
+# before this statement's answer arrives.
 START_INLINE_RUN = """\
 WITH r AS (
   INSERT INTO {schema}.workflow_runs (workflow, status, input, inline, graph_hash, wire)
@@ -118,12 +120,12 @@ WITH r AS (
 ), j AS (
   INSERT INTO {schema}.workflow_jobs
     (workflow_run_id, kind, status, attempts, lease_token, locked_by, locked_until)
-  SELECT workflow_run_id, 'replay', 'running', 1, gen_random_uuid(), %(owner)s,
+  SELECT workflow_run_id, 'replay', 'running', 1, %(token)s::uuid, %(owner)s,
          now() + make_interval(secs => %(lease)s::float8)
   FROM r
-  RETURNING job_id, lease_token
+  RETURNING job_id
 )
-SELECT r.workflow_run_id::text, j.job_id, j.lease_token::text FROM r, j
+SELECT r.workflow_run_id::text, j.job_id FROM r, j
 """
 
 # No job of the run is held by a live lease (nobody is running it now).
@@ -475,6 +477,12 @@ SET_STEP_ERROR = step_transition(
 )
 RETRY_ATTEMPT = retry_attempt(fence=_FENCE)
 
+# The claim a lease token names (an inline caller interrupted before it knew its run).
+JOB_OF_TOKEN = """\
+SELECT job_id, workflow_run_id::text FROM {schema}.workflow_jobs
+WHERE lease_token = %(token)s::uuid AND status = 'running'
+"""
+
 RUN_STATUS = """\
 SELECT status::text FROM {schema}.workflow_runs WHERE workflow_run_id = %(run_id)s
 """
@@ -529,6 +537,7 @@ class QueueQueries:
     set_step_result: bytes
     set_step_error: bytes
     retry_attempt: bytes
+    job_of_token: bytes
     run_status: bytes
     jobs_of_run: bytes
     run_activity: bytes
@@ -557,6 +566,7 @@ _TEMPLATES = {
     "set_step_result": SET_STEP_RESULT,
     "set_step_error": SET_STEP_ERROR,
     "retry_attempt": RETRY_ATTEMPT,
+    "job_of_token": JOB_OF_TOKEN,
     "run_status": RUN_STATUS,
     "jobs_of_run": JOBS_OF_RUN,
     "run_activity": RUN_ACTIVITY,

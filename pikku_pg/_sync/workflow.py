@@ -17,6 +17,7 @@ import json
 import os
 import socket
 import time
+import uuid
 from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime, timezone
 from typing import Any, ClassVar, TypeVar
@@ -222,51 +223,64 @@ class PgWorkflowService(WorkflowStateStore):
         text = dumps(input)  # refuses what is not JSON before anything is stored
         run_wire = WorkflowRunWire.model_validate(UNKNOWN_WIRE if wire is None else _wire(wire))
         self._ensure_version(defn)
-        job = self._queue.start_inline_run(
-            name,
-            input,
-            graph_hash=defn.version,
-            wire=wire,
-            owner=self._inline_owner,
-            lease=self._leases.lease,
-        )
-        now = datetime.now(timezone.utc)
-        run = WorkflowRun.model_construct(
-            id=job.run_id,
-            workflow=name,
-            status="running",
-            input=json.loads(text),
-            inline=True,
-            graph_hash=defn.version,
-            wire=run_wire,
-            created_at=now,
-            updated_at=now,
-        )
-        outcome = self._run_inline(job, on_cancel, run=run, fresh=True)
-        return _result(job.run_id, outcome)
-
-    def _run_inline(
-        self, job: Job, on_cancel: str, *, run: WorkflowRun | None = None, fresh: bool = False
-    ) -> Outcome:
-        """A replay pass in the caller under ``job``'s lease, kept alive meanwhile."""
-        self._leases.hold(job.token)
+        token = str(uuid.uuid4())
+        self._leases.hold(token)
+        job: Job | None = None
         try:
-            return self._engine.replay(job, inline=True, run=run, fresh=fresh)
+            job = self._queue.start_inline_run(
+                name,
+                input,
+                graph_hash=defn.version,
+                wire=wire,
+                owner=self._inline_owner,
+                lease=self._leases.lease,
+                token=token,
+            )
+            now = datetime.now(timezone.utc)
+            run = WorkflowRun.model_construct(
+                id=job.run_id,
+                workflow=name,
+                status="running",
+                input=json.loads(text),
+                inline=True,
+                graph_hash=defn.version,
+                wire=run_wire,
+                created_at=now,
+                updated_at=now,
+            )
+            outcome = self._engine.replay(job, inline=True, run=run, fresh=True)
         except LeaseLostError:
             raise
         except BaseException as exc:
-            self._abandon(job, "cancel" if on_cancel == "cancel" else "release", exc)
+            self._abandon(token, job, on_cancel, exc)
+            raise
+        finally:
+            self._leases.drop(token)
+        return _result(job.run_id, outcome)
+
+    def _run_inline(self, job: Job) -> Outcome:
+        """A replay pass in the caller under ``job``'s lease, kept alive meanwhile."""
+        self._leases.hold(job.token)
+        try:
+            return self._engine.replay(job, inline=True)
+        except LeaseLostError:
+            raise
+        except BaseException as exc:
+            self._abandon(job.token, job, "release", exc)
             raise
         finally:
             self._leases.drop(job.token)
 
-    def _abandon(self, job: Job, on_cancel: str, exc: BaseException) -> None:
+    def _abandon(self, token: str, job: Job | None, on_cancel: str, exc: BaseException) -> None:
         """The caller stopped running an inline run: hand it to the workers (or cancel it
         if the caller was interrupted and asked for that). Best effort: if the
-        database is out of reach, the lease runs out instead."""
+        database is out of reach, the lease runs out instead. ``job`` is None when the
+        caller was interrupted before it knew the run's id (the run may exist)."""
         interrupted = not isinstance(exc, Exception)
         with contextlib.suppress(Exception):
-            if interrupted and on_cancel == "cancel":
+            if interrupted and on_cancel == "cancel" and job is None:
+                job = self._queue.job_of_token(token)
+            if interrupted and on_cancel == "cancel" and job is not None:
                 error = error_record(
                     "the caller of run_to_completion was interrupted",
                     code=CANCELLED,
@@ -275,7 +289,7 @@ class PgWorkflowService(WorkflowStateStore):
                 self._queue.cancel_run(job.run_id, error)
                 self._queue.ack(job)
             else:
-                self._queue.release([job.token])
+                self._queue.release([token])
 
     def wait_for_run(self, run_id: str, timeout: float | None = None) -> WorkflowRun:
         """Wait until a run is no longer ``running`` (completed, failed, cancelled or
@@ -370,7 +384,7 @@ class PgWorkflowService(WorkflowStateStore):
             raise InvalidRunStateError(
                 f"workflow run {run_id} changed status meanwhile, or another runner holds it"
             )
-        outcome = self._run_inline(job, "release")
+        outcome = self._run_inline(job)
         return _result(run_id, outcome)
 
     def get_run_activity(self, run_ids: Sequence[str]) -> dict[str, RunActivity]:

@@ -4,6 +4,10 @@ an inline run always has an owner or a job a worker can claim, expired leases fi
 
 from __future__ import annotations
 
+import asyncio
+import os
+import signal
+import threading
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -232,6 +236,45 @@ def test_an_interrupted_inline_run_is_handed_to_the_workers(
         done = wf.wait_for_run(run_id, timeout=10)
     assert (done.status, done.output) == ("completed", ["a", "b"])
     assert calls == ["a", "b", "b"]  # "a" was not run again
+
+
+def test_cancelled_callers_leave_no_run_without_an_owner(
+    wf: PgWorkflowService,
+) -> None:
+    """Callers interrupted for real (async: asyncio.wait_for timeouts at varied points,
+    before and inside the step; sync: a SIGINT delivered to the test's thread): every
+    run is handed to the workers at once and finished exactly once."""
+    executions: dict[tuple[str, str], int] = {}
+
+    def slow(key: list[str]) -> str:
+        executions[(key[0], key[1])] = executions.get((key[0], key[1]), 0) + 1
+        if key[1] == "slow":
+            time.sleep(0.5 if executions[(key[0], key[1])] == 1 else 0.0)
+        return key[1]
+
+    @wf.workflow("slow")
+    def slow_flow(ctx: WorkflowContext, _: Any) -> list[str]:
+        return [ctx.do(s, slow, [ctx.run_id, s]) for s in ("first", "slow", "last")]
+
+    timer = threading.Timer(0.25, os.kill, (os.getpid(), signal.SIGINT))
+    timer.start()
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            wf.run_to_completion("slow", 0)
+    finally:
+        timer.cancel()
+    runs = _runs(wf)
+    for run in runs:  # nobody holds them: each waits for a worker, none is unowned
+        jobs = wf.get_run_jobs(run.id)
+        assert [(j["kind"], j["status"]) for j in jobs] == [("replay", "pending")]
+    with wf.worker(concurrency=2, **FAST):
+        done = [wf.wait_for_run(run.id, timeout=20) for run in runs]
+    assert {(r.status, tuple(r.output)) for r in done} == {("completed", ("first", "slow", "last"))}
+    for run in runs:
+        assert executions[(run.id, "last")] == 1
+        assert executions.get((run.id, "first"), 0) == 1
+        assert executions.get((run.id, "slow"), 0) in (1, 2)  # the interrupted attempt, rerun
+        assert wf.get_run_jobs(run.id) == []
 
 
 def test_on_cancel_cancel_cancels_the_interrupted_run(wf: PgWorkflowService) -> None:
