@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 from psycopg import AsyncConnection
+from psycopg import sql as pgsql
 
 from pikku_pg import AsyncPgWorkflowRunService, AsyncPgWorkflowService, AsyncWorkflowContext
 from pikku_pg._acompat import AEvent, agather, asleep, aspawn, await_event
@@ -392,6 +393,52 @@ async def test_run_activity_says_who_has_each_running_run(
     assert found[expired.run_id].label == "waiting for a worker"
     with pytest.raises(InvalidInputError, match="run_ids"):
         await wf.get_run_activity(queued)  # type: ignore[arg-type]
+
+
+async def test_the_fence_reads_one_job_with_statistics_that_lag(
+    wf: AsyncPgWorkflowService, admin_conn: AsyncConnection[Any], schema_name: str
+) -> None:
+    """The fence of a step write finds its job by token alone, in generic and custom
+    plans, even when the statistics still say the job table is empty (5,000 running
+    jobs were claimed since the last ANALYZE)."""
+    s = schema_name
+    await admin_conn.execute(f'ANALYZE "{s}".workflow_jobs; ANALYZE "{s}".workflow_step')
+    await admin_conn.execute(
+        f'INSERT INTO "{s}".workflow_runs (workflow, status, input)'
+        " SELECT 'w', 'running', '1' FROM generate_series(1, 5000)"
+    )
+    await admin_conn.execute(
+        f'INSERT INTO "{s}".workflow_jobs (workflow_run_id, kind, status, lease_token,'
+        " locked_until) SELECT workflow_run_id, 'replay', 'running', gen_random_uuid(),"
+        f" now() + interval '1 hour' FROM \"{s}\".workflow_runs"
+    )
+    await admin_conn.execute(
+        f'INSERT INTO "{s}".workflow_step (workflow_run_id, step_name, status)'
+        f" SELECT workflow_run_id, 's', 'running' FROM \"{s}\".workflow_runs"
+    )
+    cur = await admin_conn.execute(
+        f'SELECT j.lease_token::text, s.workflow_step_id::text FROM "{s}".workflow_jobs j'
+        f' JOIN "{s}".workflow_step s USING (workflow_run_id) LIMIT 1'
+    )
+    row = await cur.fetchone()
+    assert row is not None
+    token, step_id = row
+    query = wf._queue._q.set_step_scheduled.decode()
+    query = query.replace("%(step_id)s", "$1").replace("%(token)s", "$2")
+    for plans in ("force_generic_plan", "force_custom_plan"):
+        await admin_conn.execute(f"SET plan_cache_mode = {plans}")
+        await admin_conn.execute("DEALLOCATE ALL")
+        await admin_conn.execute(f"PREPARE fenced(uuid, text) AS {query}")
+        cur = await admin_conn.execute(
+            pgsql.SQL("EXPLAIN (ANALYZE, COSTS OFF, TIMING OFF) EXECUTE fenced({}, {})").format(
+                pgsql.Literal(step_id), pgsql.Literal(token)
+            )
+        )
+        plan = "\n".join(r[0] for r in await cur.fetchall())
+        assert "workflow_jobs_token_idx" in plan and "workflow_jobs_lease_idx" not in plan, plan
+        assert "Seq Scan on workflow_jobs" not in plan, plan
+    await admin_conn.execute("DEALLOCATE ALL")
+    await admin_conn.execute("RESET plan_cache_mode")
 
 
 # -------------------------------------------------------------------- recovery
