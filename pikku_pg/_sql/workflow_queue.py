@@ -83,11 +83,18 @@ ALTER TABLE {schema}.workflow_jobs
     CHECK (backoff IN ('fixed', 'exponential'));
 """
 
+# The jobs of one run, whatever their kind: ownership checks (resume, take-over, the
+# console's activity), cancellation, and the cascade when a run is deleted.
+V3_JOBS_BY_RUN = """\
+CREATE INDEX IF NOT EXISTS workflow_jobs_run_idx ON {schema}.workflow_jobs (workflow_run_id);
+"""
+
 WORKFLOW_QUEUE = Component(
     "workflow_queue",
     (
         Migration(1, "job table of queued workflow runs", V1_JOBS),
         Migration(2, "retry back-off of queued steps", V2_STEP_BACKOFF),
+        Migration(3, "jobs by run", V3_JOBS_BY_RUN),
     ),
 )
 #: For ``pikku_pg._components`` (apply after the ``workflow`` component: it references

@@ -25,6 +25,7 @@ async def test_schema_matches_typescript_catalog(
             ("workflow", 2),
             ("workflow_queue", 1),
             ("workflow_queue", 2),
+            ("workflow_queue", 3),
         ]
         assert await wf.init() == []
     finally:
@@ -37,6 +38,7 @@ async def test_schema_matches_typescript_catalog(
     assert {
         "workflow_step_history_step_seq_idx",
         "workflow_step_run_seq_idx",
+        "workflow_jobs_run_idx",
         "workflow_runs_workflow_created_idx",
         "workflow_runs_status_created_idx",
         "workflow_runs_created_idx",
