@@ -2,7 +2,9 @@
 
 ``pikku_pg/_async/**.py`` -> ``pikku_pg/_sync/**.py`` and ``tests/_async/**.py`` ->
 ``tests/_sync/**.py``.  Renaming works on ``tokenize`` tokens (so comments and formatting
-survive); ``ast`` is only used to find code to drop.  The result is sorted and formatted by ruff.
+survive); strings and comments are translated too (module paths, ``await``, ``async
+with/for/def``, the async flavour), except on lines marked ``# unasync: keep``.  ``ast`` is
+only used to find code to drop.  The result is sorted and formatted by ruff.
 
 Usage: ``python scripts/unasync.py [--check] [--root DIR]``.
 """
@@ -55,6 +57,28 @@ DEFAULT_ROOT = Path(__file__).resolve().parent.parent
 
 GENERIC_NAME = re.compile(r"(_*)Async([A-Z]\w*)")  # whole NAME tokens
 GENERIC_TEXT = re.compile(r"\b(_*)Async(?=[A-Z])")  # inside strings and comments
+
+# What strings and comments (docstrings included) say about code is translated too, so
+# that the sync tree tells sync users the right things.  Applied in order.
+TEXT_RULES: tuple[tuple[re.Pattern[str], str], ...] = (
+    (GENERIC_TEXT, r"\1"),
+    (re.compile(r"\bAbstractAsyncContextManager\b"), "AbstractContextManager"),
+    (re.compile(r"\basynccontextmanager\b"), "contextmanager"),
+    (re.compile(r"\b__a(enter|exit)__\b"), r"__\1__"),
+    (re.compile(r"\bpikku_pg\._async\b"), "pikku_pg._sync"),
+    (re.compile(r"\btests\._async\b"), "tests._sync"),
+    (re.compile(r"\basync (with|for|def)\b"), r"\1"),
+    (re.compile(r"\bawait (?=[\w(])"), ""),
+    (re.compile(r"\(async\)"), "(sync)"),
+    (re.compile(r"\b[Aa]sync (flavou?r)"), r"sync \1"),
+)
+# A string or comment that ends on a line with this comment is left as written (a
+# deliberate mention of the async flavour in the sync tree).
+KEEP_MARKER = re.compile(r"#\s*unasync:\s*keep\b")
+# What must not be left in the generated tree's strings and comments.
+LEFTOVER_TEXT = re.compile(
+    r"\bpikku_pg\._async\b|\bawait (?=[\w(])|\basync (?:with|for|def)\b|\basync flavou?r"
+)
 # The async half of the pairs in pikku_pg._acompat: ALock, AEvent, asleep, aspawn...
 ACOMPAT_ASYNC = re.compile(r"A[A-Z][a-z]\w*|a(?:sleep|spawn|gather|closing|join)")
 LEFTOVER_NAME = re.compile(r"_*Async[A-Z]\w*")
@@ -148,13 +172,26 @@ def rename_tokens(source: str, rules: Mapping[str, str], fired: set[str] | None 
                 sep = " " if _is_op(toks, close - 1, ",") else ", "
                 at = text.off(toks[close].start)
                 edits.append((at, at, sep + SUBSCRIPT_APPEND[tok.string]))
-        elif tok.type in (tokenize.STRING, tokenize.COMMENT):
-            # Only the generic rule, so that docs of the sync class name the sync class.
-            new = GENERIC_TEXT.sub(r"\1", tok.string)
+        elif tok.type in (tokenize.STRING, tokenize.COMMENT) and not _kept(text, tok):
+            new = translate_text(tok.string)
             if new != tok.string:
                 edits.append((text.off(tok.start), text.off(tok.end), new))
         i += 1
     return _apply(text, edits)
+
+
+def translate_text(text: str) -> str:
+    """What a string or comment of async code says, said for the sync flavour."""
+    for pattern, replacement in TEXT_RULES:
+        text = pattern.sub(replacement, text)
+    return text
+
+
+def _kept(text: _Text, tok: tokenize.TokenInfo) -> bool:
+    """Whether the line where ``tok`` ends carries the keep marker."""
+    row = tok.end[0]
+    line = text.text[text.starts[row - 1] : text.starts[row] if row < len(text.starts) else None]
+    return KEEP_MARKER.search(line) is not None
 
 
 def _is_op(toks: list[tokenize.TokenInfo], i: int, op: str) -> bool:
@@ -310,7 +347,9 @@ def render(
 
 
 def find_leftovers(text: str) -> list[tuple[int, str]]:
-    """(line, what) for async code left in the output; strings and comments are ignored.
+    """(line, what) for async code left in the output, and for text in strings and
+    comments that still speaks of it (``pikku_pg._async``, ``await x``, ``async with``,
+    the async flavour) unless kept on purpose with ``# unasync: keep``.
 
     ``ast`` also sees inside f-strings, where the token pass does not look.
     """
@@ -327,9 +366,14 @@ def find_leftovers(text: str) -> list[tuple[int, str]]:
         elif isinstance(node, ast.ImportFrom) and node.module == "pikku_pg._acompat":
             # An async helper whose rename rule was pruned would slip into sync code.
             found += [(node.lineno, a.name) for a in node.names if ACOMPAT_ASYNC.fullmatch(a.name)]
-    for tok in _Text(text).tokens():
+    source = _Text(text)
+    for tok in source.tokens():
         if tok.type == tokenize.NAME and LEFTOVER_NAME.fullmatch(tok.string):
             found.append((tok.start[0], tok.string))
+        elif tok.type in (tokenize.STRING, tokenize.COMMENT) and not _kept(source, tok):
+            for m in LEFTOVER_TEXT.finditer(tok.string):
+                line = tok.start[0] + tok.string.count("\n", 0, m.start())
+                found.append((line, f"text {m.group(0).strip()!r}"))
     return sorted(found)
 
 

@@ -201,8 +201,50 @@ def test_find_leftovers() -> None:
         "    s = 'async with AsyncBar'\n"
         "    return AsyncBaz\n"
     )
-    assert unasync.find_leftovers(text) == [(1, "async def"), (2, "await"), (4, "AsyncBaz")]
+    assert unasync.find_leftovers(text) == [
+        (1, "async def"),
+        (2, "await"),
+        (2, "text 'await'"),  # in the f-string
+        (2, "text 'await'"),  # in the comment
+        (3, "text 'async with'"),
+        (4, "AsyncBaz"),
+    ]
+    # Words that only look alike are not leftovers; a kept line is left as written.
     assert unasync.find_leftovers("def f():\n    '''async AsyncFoo'''  # await\n") == []
+    kept = "x = 'use AsyncX in async with'  # unasync: keep\n"
+    assert unasync.find_leftovers(kept) == []
+    docstring = '"""Module.\n\nSee pikku_pg._async.thing and the async flavour.\n"""\n'
+    assert unasync.find_leftovers(docstring) == [
+        (3, "text 'async flavour'"),
+        (3, "text 'pikku_pg._async'"),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("source", "expected"),
+    [
+        (
+            '"""Use ``async with svc:`` and ``await svc.close()``; see\n'
+            ":class:`pikku_pg._async.ai.AsyncPgAIStorageService` (this (async) flavour).\n"
+            '"""\n',
+            '"""Use ``with svc:`` and ``svc.close()``; see\n'
+            ":class:`pikku_pg._sync.ai.PgAIStorageService` (this (sync) flavour).\n"
+            '"""\n',
+        ),
+        (
+            "# async for m in hub.events(): each async def callback; the async flavour\n",
+            "# for m in hub.events(): each def callback; the sync flavour\n",
+        ),
+        (
+            "raise E('the sync flavour runs plain functions: use AsyncPgX')  # unasync: keep\n",
+            "raise E('the sync flavour runs plain functions: use AsyncPgX')  # unasync: keep\n",
+        ),
+        ("s = 'awaited, asynchronous, await'\n", "s = 'awaited, asynchronous, await'\n"),
+        ("s = '__aenter__ of an asynccontextmanager'\n", "s = '__enter__ of an contextmanager'\n"),
+    ],
+)
+def test_convert_translates_text(source: str, expected: str) -> None:
+    assert unasync.convert(source, SAMPLE_RULES) == expected
 
 
 # --- temp trees ---------------------------------------------------------------------------------
@@ -293,6 +335,17 @@ def test_check_leftover(tree: Path) -> None:
     problems = unasync.check(tree, rules=RULES, postprocess=reintroduce_async)
     assert problems == [
         "pikku_pg/_sync/sub/a.py:2: leftover 'async def'",
+        "pikku_pg/_sync/sub/a.py: stale, differs from the generated output",
+    ]
+
+
+def test_check_fails_on_a_planted_leftover_in_text(tree: Path) -> None:
+    def plant(text: str) -> str:
+        return text.replace("def f(x):", 'def f(x):\n    """Call ``await f(x)``."""')
+
+    problems = unasync.check(tree, rules=RULES, postprocess=plant)
+    assert problems == [
+        "pikku_pg/_sync/sub/a.py:3: leftover \"text 'await'\"",
         "pikku_pg/_sync/sub/a.py: stale, differs from the generated output",
     ]
 

@@ -1,1 +1,2 @@
-"""Hand-written async services; ``pikku_pg/_sync`` is generated from this package."""
+"""The services' I/O code: ``pikku_pg/_async`` is written by hand, ``pikku_pg/_sync`` is
+generated from it by ``scripts/unasync.py``."""

@@ -64,7 +64,7 @@ from pikku_pg.models.workflow import WorkflowRun, WorkflowRunStep
 if TYPE_CHECKING:
     from pikku_pg._async.workflow_state import AsyncWorkflowStateStore
 
-# async flavour: coroutine functions (plain functions are accepted too);
+# async flavour: coroutine functions (plain functions are accepted too);  # unasync: keep
 # sync flavour: plain functions.
 WorkflowFunction = Callable[..., Any]
 RpcFunction = Callable[..., Any]
@@ -172,7 +172,7 @@ async def call(fn: Callable[..., Any], *args: Any) -> Any:
                 close()
             raise InvalidInputError(
                 f"{getattr(fn, '__qualname__', fn)!r} is a coroutine function; "
-                "the sync service runs plain functions (use AsyncPgWorkflowService)"
+                "the sync service runs plain functions (use AsyncPgWorkflowService)"  # unasync: keep
             )
     return result
 

@@ -373,7 +373,7 @@ class AsyncWorkflowStateStore(AsyncPgService):
     def run_lock(
         self, run_id: str, *, timeout: float | None = None
     ) -> AbstractAsyncContextManager[None]:
-        """Hold an exclusive lock on a run for an ``async with`` block.
+        """Hold an exclusive lock on a run for a block: ``async with wf.run_lock(run_id):``.
 
         ``timeout`` (seconds) bounds the wait and raises :class:`LockTimeoutError`;
         ``0`` does not wait; None waits as long as it takes. The lock is not

@@ -152,8 +152,9 @@ class AsyncWorkflowWorker:
 
     async def stop(self) -> None:
         """Stop gracefully: in-flight runs stop at their next step boundary and are
-        handed back; what is still running after ``shutdown_timeout`` is cancelled
-        (async) and its jobs handed back."""
+        handed back. Async executors still running after ``shutdown_timeout`` are
+        cancelled and their jobs handed back; sync executor threads cannot be
+        cancelled, so their leases run out instead."""
         self.request_stop()
         if self._stopped.is_set():
             return

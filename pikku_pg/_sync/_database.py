@@ -197,7 +197,7 @@ class Database:
     def pipeline(self) -> AbstractContextManager[Connection[Any]]:
         """A pipelined transaction: BEGIN, the statements and COMMIT in one round trip.
 
-        Results are fetched after a sync point (``await cur.fetchall()`` forces one).
+        Results are fetched after a sync point (``cur.fetchall()`` forces one).
         """
         return self._acquire(_Mode.PIPELINE)
 

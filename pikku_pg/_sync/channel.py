@@ -32,7 +32,7 @@ class PgChannelStore(PgService):
     """WebSocket channels: opening data and user session per channel.
 
     ``PgChannelStore(conn, schema="pikku")``; ``conn`` is a conninfo string, a pool
-    or a connection (see :class:`~pikku_pg._async._service.PgService`). Every call
+    or a connection (see :class:`~pikku_pg._sync._service.PgService`). Every call
     is one statement, one round trip.
     """
 

@@ -37,7 +37,7 @@ class PgDeploymentService(PgService):
     updates ``last_heartbeat`` every ``heartbeat_interval`` seconds. A failed beat is
     logged and retried on the next one; it never raises. :meth:`find_function` returns
     the deployments serving a function whose last beat is within ``heartbeat_ttl``.
-    :meth:`stop` (also run by :meth:`close` and ``async with``) stops the heartbeat,
+    :meth:`stop` (also run by :meth:`close` and ``with``) stops the heartbeat,
     removes the row and releases an owned pool; it is idempotent.
     """
 

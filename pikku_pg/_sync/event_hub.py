@@ -22,7 +22,7 @@ How it works, and what it promises:
   borrowed connection inside your transaction delivers only if it commits.
 * The listener is a dedicated connection (LISTEN is session state: behind PgBouncer,
   point ``listen_conninfo`` at PostgreSQL or a session-mode pool). A background task
-  (async) or daemon thread (sync) drains it into a local queue as soon as
+  (sync) or daemon thread (sync) drains it into a local queue as soon as
   notifications arrive, so a slow consumer never holds up PostgreSQL's notification
   queue nor any publisher. At most ``max_pending`` events wait in the queue; beyond
   that new events are dropped and a warning is logged.
@@ -80,7 +80,7 @@ _IN_CALLBACK: contextvars.ContextVar[bool] = contextvars.ContextVar(
     "pikku_pg_event_hub_in_callback", default=False
 )
 
-# async flavour: a coroutine function; sync flavour: a plain function.
+# sync flavour: a coroutine function; sync flavour: a plain function.
 EventCallback: TypeAlias = Callable[[EventHubMessage], Any]
 
 # Keepalives make a silently dead network link (no FIN, no RST) visible to the listener.
@@ -102,9 +102,9 @@ class PgEventHubService(PgEventHubStore):
     through it: those are the channels this process holds, and an event is delivered
     with their ids. Topics with none of them are ignored here.
 
-    ``await hub.start()`` starts listening (returns once LISTEN is active); then either
-    ``async for topic, channel_ids, data in hub.events(): ...`` or pass
-    ``start(callback)`` to have ``await callback(message)`` run for each event.
+    ``hub.start()`` starts listening (returns once LISTEN is active); then either
+    ``for topic, channel_ids, data in hub.events(): ...`` or pass
+    ``start(callback)`` to have ``callback(message)`` run for each event.
     ``close()`` stops the listener. See the module documentation for payloads above
     NOTIFY's 8,000-byte limit, reconnection and back-pressure.
     """

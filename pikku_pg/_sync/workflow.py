@@ -3,10 +3,10 @@
 
 The service is the workflow state store plus registration, running and workers.
 It wires four parts that each stand on their own: the state store
-(:mod:`~pikku_pg._async.workflow_state`), the job queue
-(:mod:`~pikku_pg._async.workflow_queue`), the replay engine
-(:mod:`~pikku_pg._async.workflow_engine`) and the worker loop
-(:mod:`~pikku_pg._async.workflow_worker`).
+(:mod:`~pikku_pg._sync.workflow_state`), the job queue
+(:mod:`~pikku_pg._sync.workflow_queue`), the replay engine
+(:mod:`~pikku_pg._sync.workflow_engine`) and the worker loop
+(:mod:`~pikku_pg._sync.workflow_worker`).
 """
 
 from __future__ import annotations
@@ -77,7 +77,7 @@ class PgWorkflowService(WorkflowStateStore):
     Register workflows and RPCs with the :meth:`workflow` and :meth:`rpc`
     decorators, then run them inline (:meth:`run_to_completion`) or queued
     (:meth:`start_workflow`, processed by :meth:`run_worker` or :meth:`worker`).
-    In this (async) flavour, workflow and RPC functions are ``async def``.
+    In this (sync) flavour, workflow and RPC functions are ``def``.
 
     ``listen_conninfo`` is where workers LISTEN for wake-ups (default: the
     service's own server); LISTEN needs a session, so behind PgBouncer in
@@ -412,7 +412,7 @@ class PgWorkflowService(WorkflowStateStore):
         shutdown_timeout: float = 30.0,
         name: str | None = None,
     ) -> WorkflowWorker:
-        """A worker for this service's queue; ``async with`` runs it in the background.
+        """A worker for this service's queue; ``with`` runs it in the background.
 
         ``concurrency`` jobs at once (tasks; threads in the sync flavour). A claim
         is a lease of ``lease`` seconds, extended while the job runs. Idle workers

@@ -10,7 +10,7 @@ Every step transition changes the step row and its current history row in one
 statement, so a crash never leaves them disagreeing. A succeeded step is final:
 these methods refuse to change it unless asked explicitly (``overwrite=True``).
 The engine does not write through them: its writes are fenced by its lease (see
-:mod:`pikku_pg._async.workflow_queue`), so a runner that lost its lease changes
+:mod:`pikku_pg._sync.workflow_queue`), so a runner that lost its lease changes
 nothing.
 """
 
@@ -364,7 +364,7 @@ class WorkflowStateStore(PgService):
     def run_lock(
         self, run_id: str, *, timeout: float | None = None
     ) -> AbstractContextManager[None]:
-        """Hold an exclusive lock on a run for an ``async with`` block.
+        """Hold an exclusive lock on a run for a block: ``with wf.run_lock(run_id):``.
 
         ``timeout`` (seconds) bounds the wait and raises :class:`LockTimeoutError`;
         ``0`` does not wait; None waits as long as it takes. The lock is not

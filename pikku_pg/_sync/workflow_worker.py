@@ -77,9 +77,9 @@ def listener_target(
 
 
 class WorkflowWorker:
-    """Runs queued workflow jobs until stopped; ``async with`` runs it in the background.
+    """Runs queued workflow jobs until stopped; ``with`` runs it in the background.
 
-    Create it with :meth:`PgWorkflowService.worker`. ``await worker.run()``
+    Create it with :meth:`PgWorkflowService.worker`. ``worker.run()``
     blocks until :meth:`stop` is called (or the task is cancelled).
     """
 
@@ -153,8 +153,9 @@ class WorkflowWorker:
 
     def stop(self) -> None:
         """Stop gracefully: in-flight runs stop at their next step boundary and are
-        handed back; what is still running after ``shutdown_timeout`` is cancelled
-        (async) and its jobs handed back."""
+        handed back. Async executors still running after ``shutdown_timeout`` are
+        cancelled and their jobs handed back; sync executor threads cannot be
+        cancelled, so their leases run out instead."""
         self.request_stop()
         if self._stopped.is_set():
             return

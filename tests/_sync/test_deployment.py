@@ -189,7 +189,7 @@ def test_start_accepts_a_model_or_a_dict(
             rows = _rows(admin_conn, schema_name)
             assert rows["m"][:2] == ("e1", ["a"])
             assert rows["d"][:2] == ("e2", ["b"])
-    assert _rows(admin_conn, schema_name) == {}  # `async with` stops both
+    assert _rows(admin_conn, schema_name) == {}  # `with` stops both
 
 
 def test_start_twice_and_stop_before_start(
