@@ -171,8 +171,8 @@ async def call(fn: Callable[..., Any], *args: Any) -> Any:
             if close is not None:
                 close()
             raise InvalidInputError(
-                f"{getattr(fn, '__qualname__', fn)!r} is a coroutine function; "
-                "the sync service runs plain functions (use AsyncPgWorkflowService)"  # unasync: keep
+                f"{getattr(fn, '__qualname__', fn)!r} is a coroutine function; the sync "
+                "service runs plain functions (use AsyncPgWorkflowService)"  # unasync: keep
             )
     return result
 
