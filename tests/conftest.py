@@ -26,6 +26,11 @@ import pytest
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict
 
+from pikku_pg.models import _base as models_base
+
+# Every model built without validation (``trusted``) is checked against validation.
+models_base.VERIFY_TRUSTED = True
+
 DSN_ENV = "PIKKU_PG_TEST_DSN"
 DOCKER_IMAGE = "postgres:16-alpine"
 CONNECT_TIMEOUT = 5  # seconds

@@ -61,6 +61,7 @@ from pikku_pg.errors import (
     WorkflowTimeoutError,
 )
 from pikku_pg.migrations import Component
+from pikku_pg.models._base import trusted
 from pikku_pg.models.workflow import RunActivity, WorkflowRun, WorkflowRunWire
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -237,11 +238,14 @@ class PgWorkflowService(WorkflowStateStore):
                 token=token,
             )
             now = datetime.now(timezone.utc)
-            run = WorkflowRun.model_construct(
+            run = trusted(
+                WorkflowRun,
                 id=job.run_id,
                 workflow=name,
                 status="running",
                 input=json.loads(text),
+                output=None,
+                error=None,
                 inline=True,
                 graph_hash=defn.version,
                 wire=run_wire,
