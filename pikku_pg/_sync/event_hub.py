@@ -27,8 +27,11 @@ How it works, and what it promises:
   inline-mode hub also accepts references, and a hub in the default mode counts inline
   envelopes as forged: when switching a deployment to the default mode, switch the
   listeners first (or all at once), then the publishers.
-* Stored payloads are deleted by later publishes once older than ``payload_retention``
-  seconds (default 300), a bounded batch now and then rather than on every publish; a
+* The payload table is UNLOGGED: its rows are as ephemeral as the notifications (both
+  are lost if PostgreSQL crashes, and neither reaches a physical standby), and a publish
+  does not wait for a WAL flush. Stored payloads are deleted by later publishes once
+  older than ``payload_retention`` seconds (default 300), a bounded batch (1,000 rows)
+  by one publish in 32 (and at least once per retention period); a
   reference to an older payload is no longer delivered, so events published in a
   transaction that stays open that long are lost. Data larger than ``max_payload_bytes``
   (default 8 MiB of JSON) is refused with :class:`~pikku_pg.errors.InvalidInputError`
@@ -53,6 +56,7 @@ import contextvars
 import logging
 import threading
 import time
+import uuid
 from collections import deque
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, ClassVar, TypeAlias
@@ -149,7 +153,7 @@ class PgEventHubService(PgEventHubStore):
 
     #: Seconds the listener waits for notifications before checking whether to stop.
     poll_interval: ClassVar[float] = 0.2
-    #: How many delivered payload ids a listener remembers to refuse repeats of them.
+    #: How many delivered events a listener remembers, to refuse repeats of their references.
     replay_memory: ClassVar[int] = 100_000
 
     def __init__(
@@ -436,7 +440,7 @@ class PgEventHubService(PgEventHubStore):
                 self._counts["dropped"] += 1  # the table could not be read (logged)
             elif event not in stored:
                 self._count_forged("no stored payload matches its id, token and topic")
-            elif not self._replays.first_time(event.payload_id):
+            elif not self._replays.first_time(event.token):
                 self._count_forged("it repeats an event already delivered")
             else:
                 self._enqueue(EventHubMessage(event.topic, sorted(channel_ids), stored[event]))
@@ -534,27 +538,30 @@ def _listener_target(
 
 
 class _ReplayGuard:
-    """The payload ids delivered recently: a repeated reference is a replay, not an event.
+    """The tokens of the payloads delivered recently: a repeated one is a replay.
 
-    Remembers ids for ``window`` seconds (past it the fetch refuses the payload anyway:
-    it is older than the retention), and at most ``limit`` of them.
+    Checked after the reference matched its row, so the token names one stored event
+    (ids may be reused after a crash: the table is unlogged; tokens are not). Remembers
+    tokens for ``window`` seconds (past it the fetch refuses the payload anyway: it is
+    older than the retention), and at most ``limit`` of them.
     """
 
     def __init__(self, window: float, limit: int) -> None:
         self._window = window
         self._limit = limit
-        self._ids: set[int] = set()
+        self._seen: set[int] = set()
         self._order: deque[tuple[float, int]] = deque()
 
-    def first_time(self, payload_id: int) -> bool:
-        """Whether ``payload_id`` was not delivered yet (it is remembered from now on)."""
+    def first_time(self, token: uuid.UUID) -> bool:
+        """Whether the payload of ``token`` was not delivered yet (remembered from now on)."""
         now = time.monotonic()
         while self._order and (
             self._order[0][0] < now - self._window or len(self._order) >= self._limit
         ):
-            self._ids.discard(self._order.popleft()[1])
-        if payload_id in self._ids:
+            self._seen.discard(self._order.popleft()[1])
+        key = token.int
+        if key in self._seen:
             return False
-        self._ids.add(payload_id)
-        self._order.append((now, payload_id))
+        self._seen.add(key)
+        self._order.append((now, key))
         return True

@@ -381,6 +381,11 @@ async def test_the_default_delivers_every_size_in_order_without_data_in_the_noti
             assert [e.data for e in got.events] == sent
             assert all(e.channel_ids == ["a1"] for e in got.events)
             assert await _stored_payloads(admin_conn, schema) == len(sent)
+            cur = await admin_conn.execute(
+                "SELECT relpersistence FROM pg_class WHERE oid = %s::regclass",
+                (f"{schema}.event_hub_payloads",),
+            )
+            assert await cur.fetchone() == ("u",)  # as ephemeral as the notifications
             stats = hub.stats
             assert (stats.received, stats.delivered, stats.forged) == (len(sent), len(sent), 0)
         for payload in await _notified(snooper, len(sent)):
