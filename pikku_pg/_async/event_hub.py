@@ -64,7 +64,6 @@ import psycopg
 from psycopg import AsyncConnection
 from psycopg import sql as pgsql
 from psycopg.conninfo import make_conninfo
-from psycopg.rows import tuple_row
 from psycopg_pool import AsyncConnectionPool
 
 from pikku_pg._acompat import AEvent, AQueue, agather, aspawn, await_event
@@ -409,7 +408,9 @@ class AsyncPgEventHubService(AsyncPgEventHubStore):
                     if not batch:
                         continue
                     try:
-                        await self._receive(batch)
+                        await self._receive(conn, batch)
+                    except psycopg.Error:
+                        raise  # the connection is lost: reconnect
                     except Exception:  # one bad batch must not stop the listener
                         logger.exception("event hub failed to handle notifications")
             except psycopg.Error as exc:
@@ -428,12 +429,12 @@ class AsyncPgEventHubService(AsyncPgEventHubStore):
         """Sleep, but wake up at once when the service is closed."""
         await await_event(self._stop_event, seconds)
 
-    async def _receive(self, payloads: list[str]) -> None:
+    async def _receive(self, conn: AsyncConnection[Any], payloads: list[str]) -> None:
         """Check a batch of notifications and queue the genuine events of local topics."""
         self._counts["received"] += len(payloads)
         accepted = [item for item in map(self._screen, payloads) if item is not None]
         references = [event for event, _ in accepted if isinstance(event, EventReference)]
-        stored = await self._fetch(references)
+        stored = await self._fetch(conn, references)
         for event, channel_ids in accepted:
             if isinstance(event, InlineEvent):
                 self._enqueue(EventHubMessage(event.topic, sorted(channel_ids), event.data))
@@ -462,8 +463,15 @@ class AsyncPgEventHubService(AsyncPgEventHubStore):
             return None
         return event, channel_ids
 
-    async def _fetch(self, references: list[EventReference]) -> dict[EventReference, Any] | None:
-        """The stored data of the references that match a row (None if the read failed)."""
+    async def _fetch(
+        self, conn: AsyncConnection[Any], references: list[EventReference]
+    ) -> dict[EventReference, Any] | None:
+        """The stored data of the references that match a row (None if the read failed).
+
+        Read on the listener's own connection: it is idle between notifications (those
+        arriving meanwhile wait in psycopg), and the service's connections stay free for
+        publishers, borrowed ones untouched by the listener.
+        """
         if not references:
             return {}
         unique = list(dict.fromkeys(references))
@@ -474,8 +482,11 @@ class AsyncPgEventHubService(AsyncPgEventHubStore):
             "retention": self._retention,
         }
         try:
-            rows = await self._db.fetch_all(self._fetch_referenced, params, row_factory=tuple_row)
-        except (psycopg.Error, DatabaseUnavailableError) as exc:
+            cur = await conn.execute(self._fetch_referenced, params)
+            rows = await cur.fetchall()
+        except psycopg.Error as exc:
+            if conn.broken or conn.closed:
+                raise  # the listener reconnects
             logger.warning(
                 "event hub could not read %d stored payloads: %s", len(unique), str(exc).strip()
             )

@@ -65,7 +65,6 @@ import psycopg
 from psycopg import Connection
 from psycopg import sql as pgsql
 from psycopg.conninfo import make_conninfo
-from psycopg.rows import tuple_row
 from psycopg_pool import ConnectionPool
 
 from pikku_pg._acompat import Event, Queue, gather, spawn, wait_event
@@ -408,7 +407,9 @@ class PgEventHubService(PgEventHubStore):
                     if not batch:
                         continue
                     try:
-                        self._receive(batch)
+                        self._receive(conn, batch)
+                    except psycopg.Error:
+                        raise  # the connection is lost: reconnect
                     except Exception:  # one bad batch must not stop the listener
                         logger.exception("event hub failed to handle notifications")
             except psycopg.Error as exc:
@@ -427,12 +428,12 @@ class PgEventHubService(PgEventHubStore):
         """Sleep, but wake up at once when the service is closed."""
         wait_event(self._stop_event, seconds)
 
-    def _receive(self, payloads: list[str]) -> None:
+    def _receive(self, conn: Connection[Any], payloads: list[str]) -> None:
         """Check a batch of notifications and queue the genuine events of local topics."""
         self._counts["received"] += len(payloads)
         accepted = [item for item in map(self._screen, payloads) if item is not None]
         references = [event for event, _ in accepted if isinstance(event, EventReference)]
-        stored = self._fetch(references)
+        stored = self._fetch(conn, references)
         for event, channel_ids in accepted:
             if isinstance(event, InlineEvent):
                 self._enqueue(EventHubMessage(event.topic, sorted(channel_ids), event.data))
@@ -461,8 +462,15 @@ class PgEventHubService(PgEventHubStore):
             return None
         return event, channel_ids
 
-    def _fetch(self, references: list[EventReference]) -> dict[EventReference, Any] | None:
-        """The stored data of the references that match a row (None if the read failed)."""
+    def _fetch(
+        self, conn: Connection[Any], references: list[EventReference]
+    ) -> dict[EventReference, Any] | None:
+        """The stored data of the references that match a row (None if the read failed).
+
+        Read on the listener's own connection: it is idle between notifications (those
+        arriving meanwhile wait in psycopg), and the service's connections stay free for
+        publishers, borrowed ones untouched by the listener.
+        """
         if not references:
             return {}
         unique = list(dict.fromkeys(references))
@@ -473,8 +481,11 @@ class PgEventHubService(PgEventHubStore):
             "retention": self._retention,
         }
         try:
-            rows = self._db.fetch_all(self._fetch_referenced, params, row_factory=tuple_row)
-        except (psycopg.Error, DatabaseUnavailableError) as exc:
+            cur = conn.execute(self._fetch_referenced, params)
+            rows = cur.fetchall()
+        except psycopg.Error as exc:
+            if conn.broken or conn.closed:
+                raise  # the listener reconnects
             logger.warning(
                 "event hub could not read %d stored payloads: %s", len(unique), str(exc).strip()
             )

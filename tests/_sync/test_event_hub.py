@@ -479,9 +479,11 @@ class _CountingHub(PgEventHubService):
 
     fetched: list[int]
 
-    def _fetch(self, references: list[EventReference]) -> dict[EventReference, Any] | None:
+    def _fetch(
+        self, conn: Connection[Any], references: list[EventReference]
+    ) -> dict[EventReference, Any] | None:
         self.fetched = [*getattr(self, "fetched", []), len(references)]
-        return super()._fetch(references)
+        return super()._fetch(conn, references)
 
 
 def test_a_burst_is_checked_in_a_few_reads_and_a_bad_reference_spoils_none(
@@ -615,3 +617,28 @@ def test_mixed_modes_during_a_rolling_change_of_the_option(
 def test_inline_payloads_must_be_a_bool(pg_dsn: str, channels: PgChannelStore, value: Any) -> None:
     with pytest.raises(InvalidInputError, match="inline_payloads must be a bool"):
         PgEventHubService(pg_dsn, channels.schema, inline_payloads=value)
+
+
+def test_a_listener_that_cannot_read_the_payloads_drops_them_and_goes_on(
+    pg_dsn: str,
+    channels: PgChannelStore,
+    outsider: Connection[Any],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.WARNING, logger="pikku_pg.event_hub")
+    password = outsider.pgconn.password
+    assert password is not None
+    # The listener reads the payloads on its own connection, here as the outsider role.
+    listen_as = make_conninfo(pg_dsn, user=outsider.info.user, password=password.decode())
+    got = _Collector()
+    with PgEventHubService(
+        pg_dsn, channels.schema, inline_payloads=True, listen_conninfo=listen_as
+    ) as hub:
+        hub.subscribe("A", "a1")
+        hub.start(got)
+        hub.publish("A", "x" * 9000)  # stored: the listener may not read it
+        hub.publish("A", "small")  # inline
+        _wait_until(lambda: len(got.events) == 1, "the inline event")
+        assert got.events[0].data == "small"
+        assert (hub.stats.dropped, hub.stats.forged, hub.stats.delivered) == (1, 0, 1)
+    assert any("could not read 1 stored payloads" in r.getMessage() for r in caplog.records)
