@@ -125,7 +125,7 @@ _EXPIRE_LIMIT = 1000
 
 _COUNTERS = ("received", "delivered", "forged", "dropped", "ignored")
 
-# A queued item of a batch: the event and the local channel ids it goes to.
+# A notification of a batch that may be delivered: its event and the local channels.
 _Accepted: TypeAlias = tuple[InlineEvent | EventReference, frozenset[str]]
 
 
