@@ -17,10 +17,11 @@ import time
 import _harness as harness
 import bench_ai
 import bench_channel
+import bench_event_hub
 import bench_workflow
 import bench_workflow_engine
 
-BENCHMARKS = [bench_ai, bench_channel, bench_workflow, bench_workflow_engine]
+BENCHMARKS = [bench_ai, bench_channel, bench_event_hub, bench_workflow, bench_workflow_engine]
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

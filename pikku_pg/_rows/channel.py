@@ -5,7 +5,9 @@ from __future__ import annotations
 import hashlib
 import json
 import secrets
+import uuid
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any, cast
 
 from psycopg.types.json import Jsonb
@@ -160,9 +162,18 @@ def inline_envelope(topic: str, text: str, nonce: str) -> str:
     return '{"t":' + dumps(topic) + ',"n":"' + nonce + '","d":' + text + "}"
 
 
-def stored_envelope_prefix(topic: str) -> str:
-    """The NOTIFY payload, minus ``<id>}``, that points at a stored payload."""
-    return '{"t":' + dumps(topic) + ',"r":'
+def reference_token() -> uuid.UUID:
+    """128 random bits: what a notification must quote to have a stored payload delivered."""
+    return uuid.UUID(bytes=secrets.token_bytes(16))
+
+
+def reference_envelope_parts(topic: str, token: uuid.UUID) -> tuple[str, str]:
+    """The NOTIFY payload that points at a stored payload, before and after its id.
+
+    ``prefix + str(id) + suffix`` is ``{"t": topic, "r": id, "k": token}``; the database
+    fills in the id in the publishing statement.
+    """
+    return '{"t":' + dumps(topic) + ',"r":', ',"k":"' + str(token) + '"}'
 
 
 def fits_inline(envelope: str) -> bool:
@@ -172,9 +183,52 @@ def fits_inline(envelope: str) -> bool:
     )
 
 
-def parse_envelope(payload: str) -> tuple[str, bool, Any]:
-    """(topic, stored, data or stored payload id) from a NOTIFY payload."""
-    envelope = json.loads(payload)
-    if "r" in envelope:
-        return str(envelope["t"]), True, int(envelope["r"])
-    return str(envelope["t"]), False, envelope.get("d")
+@dataclass(frozen=True)
+class InlineEvent:
+    """A notification carrying its data (inline mode): anyone who can connect may send it."""
+
+    topic: str
+    data: Any
+
+
+@dataclass(frozen=True)
+class EventReference:
+    """A notification pointing at a stored payload; valid only if all three fields match."""
+
+    topic: str
+    payload_id: int
+    token: uuid.UUID
+
+
+_INLINE_KEYS = frozenset(("t", "n", "d"))
+_REFERENCE_KEYS = frozenset(("t", "r", "k"))
+_MAX_BIGINT = 2**63 - 1
+
+
+def parse_envelope(payload: str) -> InlineEvent | EventReference:
+    """The event a NOTIFY payload announces; ValueError unless it is exactly one of ours.
+
+    Strict on purpose: anyone who can connect can send anything on the channel, and a
+    reference that reached the database with an id out of bigint range would fail the
+    fetch of the genuine events batched with it.
+    """
+    try:
+        envelope = json.loads(payload)
+    except RecursionError as exc:
+        raise ValueError("nested too deeply") from exc
+    if not isinstance(envelope, dict) or not isinstance(envelope.get("t"), str):
+        raise ValueError("not an envelope with a topic")
+    keys = envelope.keys()
+    if keys == _INLINE_KEYS and isinstance(envelope["n"], str):
+        return InlineEvent(envelope["t"], envelope["d"])
+    if keys != _REFERENCE_KEYS:
+        raise ValueError(f"unexpected fields {sorted(keys)[:10]}")
+    payload_id, token = envelope["r"], envelope["k"]
+    if type(payload_id) is not int or not 1 <= payload_id <= _MAX_BIGINT:
+        raise ValueError("the payload id is not a positive bigint")
+    if not isinstance(token, str) or len(token) != 36:
+        raise ValueError("the token is not a UUID")
+    parsed = uuid.UUID(token)  # ValueError if it is not one
+    if str(parsed) != token:
+        raise ValueError("the token is not a UUID in canonical form")
+    return EventReference(envelope["t"], payload_id, parsed)

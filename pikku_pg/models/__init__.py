@@ -24,7 +24,7 @@ from pikku_pg.models.ai import (
     ToolResult,
     Usage,
 )
-from pikku_pg.models.channel import Channel, EventHubMessage
+from pikku_pg.models.channel import Channel, EventHubMessage, EventHubStats
 from pikku_pg.models.deployment import DeploymentConfig, DeploymentInfo
 from pikku_pg.models.workflow import (
     GraphState,
@@ -55,6 +55,7 @@ __all__ = [
     "DeploymentConfig",
     "DeploymentInfo",
     "EventHubMessage",
+    "EventHubStats",
     "FilePart",
     "GenerativeUIPart",
     "GraphState",

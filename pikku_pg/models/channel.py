@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 from pydantic import Field
@@ -33,3 +34,24 @@ class EventHubMessage(NamedTuple):
     topic: str
     channel_ids: list[str]
     data: Any
+
+
+@dataclass(frozen=True)
+class EventHubStats:
+    """What an event hub service's listener did with the notifications it received.
+
+    Every notification is counted once: ``received == delivered + forged + dropped +
+    ignored``. ``forged`` are the ones the service refused as not genuine: malformed, an
+    inline envelope while inline payloads are off, a reference whose id, token and topic
+    do not match a stored payload (forged, or expired past ``payload_retention``), or a
+    repeat of one already delivered. ``dropped`` were genuine or unchecked but could not be
+    delivered (the queue held ``max_pending`` events, or the payload table could not be
+    read). ``ignored`` were for topics this process holds no channel of.
+    """
+
+    received: int = 0
+    delivered: int = 0
+    forged: int = 0
+    dropped: int = 0
+    ignored: int = 0
+    reconnects: int = 0

@@ -4,19 +4,28 @@ from __future__ import annotations
 
 import json
 import logging
+import secrets
 import time
+import uuid
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
+import psycopg
 import pytest
 from psycopg import AsyncConnection
 from psycopg import sql as pgsql
+from psycopg.conninfo import make_conninfo
 from psycopg_pool import AsyncConnectionPool
 
 from pikku_pg._acompat import asleep
 from pikku_pg._async.channel import AsyncPgChannelStore
 from pikku_pg._async.event_hub import AsyncPgEventHubService
-from pikku_pg._rows.channel import MAX_INLINE_PAYLOAD_BYTES, inline_envelope
+from pikku_pg._rows.channel import (
+    MAX_INLINE_PAYLOAD_BYTES,
+    EventReference,
+    inline_envelope,
+    notify_channel,
+)
 from pikku_pg.errors import ConflictError, InvalidInputError, ServiceClosedError
 from pikku_pg.models.channel import EventHubMessage
 
@@ -98,7 +107,7 @@ async def test_publish_reaches_the_processes_holding_subscribed_channels(
 
 
 @pytest.mark.parametrize("text", ["x", "é"])
-async def test_payloads_above_the_notify_limit_arrive_through_the_table(
+async def test_inline_mode_stores_only_payloads_above_the_notify_limit(
     pg_dsn: str, channels: AsyncPgChannelStore, admin_conn: AsyncConnection[Any], text: str
 ) -> None:
     # The largest envelope NOTIFY takes is 7,999 bytes; "é" is 2 bytes, so counting
@@ -110,7 +119,7 @@ async def test_payloads_above_the_notify_limit_arrive_through_the_table(
     too_big = fits + "xx"
     huge = {"rows": [{"i": i, "text": text * 50} for i in range(2000)]}
     got = _Collector()
-    async with AsyncPgEventHubService(pg_dsn, channels.schema) as hub:
+    async with AsyncPgEventHubService(pg_dsn, channels.schema, inline_payloads=True) as hub:
         assert await hub.subscribe("big", "a1")
         await hub.start(got)
         await hub.publish("big", fits)
@@ -166,7 +175,7 @@ async def test_bad_publishes_are_refused_before_anything_is_sent(
         await hub.publish("t", "marker")  # delivered in order: nothing came before it
         await _wait_until(lambda: len(got.events) == 1, "the marker")
         assert got.events[0].data == "marker"
-        assert await _stored_payloads(admin_conn, channels.schema) == 0
+        assert await _stored_payloads(admin_conn, channels.schema) == 1  # the marker only
 
 
 async def test_the_listener_reconnects_after_its_connection_is_killed(
@@ -295,3 +304,344 @@ async def test_lifecycle_errors(pg_dsn: str, channels: AsyncPgChannelStore) -> N
     with pytest.raises(InvalidInputError, match="pass listen_conninfo"):
         AsyncPgEventHubService(pool, channels.schema)
     AsyncPgEventHubService(pool, channels.schema, listen_conninfo=pg_dsn)  # accepted
+
+
+# --- private and authentic events (the default) ------------------------------------------
+
+
+async def _listening(pg_dsn: str, schema: str) -> AsyncConnection[Any]:
+    """A plain connection LISTENing on the hub's NOTIFY channel, as a snooper would."""
+    conn = await AsyncConnection.connect(pg_dsn, autocommit=True)
+    await conn.execute(pgsql.SQL("LISTEN {}").format(pgsql.Identifier(notify_channel(schema))))
+    return conn
+
+
+async def _notified(conn: AsyncConnection[Any], count: int) -> list[str]:
+    """The payloads of the next ``count`` notifications on ``conn``."""
+    payloads = [n.payload async for n in conn.notifies(timeout=10, stop_after=count)]
+    assert len(payloads) == count, payloads
+    return payloads
+
+
+async def _notify(conn: AsyncConnection[Any], schema: str, payload: str) -> None:
+    await conn.execute("SELECT pg_notify(%s, %s)", (notify_channel(schema), payload))
+
+
+@pytest.fixture
+async def outsider(
+    pg_dsn: str, admin_conn: AsyncConnection[Any]
+) -> AsyncIterator[AsyncConnection[Any]]:
+    """An autocommit connection as a new role that may only CONNECT to the database."""
+    role = f"outsider_{uuid.uuid4().hex[:12]}"
+    password = secrets.token_hex(16)
+    ident = pgsql.Identifier(role)
+    await admin_conn.execute(
+        pgsql.SQL("CREATE ROLE {} LOGIN PASSWORD {}").format(ident, pgsql.Literal(password))
+    )
+    try:
+        await admin_conn.execute(
+            pgsql.SQL("GRANT CONNECT ON DATABASE {} TO {}").format(
+                pgsql.Identifier(admin_conn.info.dbname), ident
+            )
+        )
+        conn = await AsyncConnection.connect(
+            make_conninfo(pg_dsn, user=role, password=password), autocommit=True
+        )
+        try:
+            yield conn
+        finally:
+            await conn.close()
+    finally:
+        await admin_conn.execute(pgsql.SQL("DROP OWNED BY {}").format(ident))
+        await admin_conn.execute(pgsql.SQL("DROP ROLE {}").format(ident))
+
+
+async def test_the_default_delivers_every_size_in_order_without_data_in_the_notify(
+    pg_dsn: str, channels: AsyncPgChannelStore, admin_conn: AsyncConnection[Any]
+) -> None:
+    schema = channels.schema
+    mark = uuid.uuid4().hex
+    sent = [
+        f"{mark}-small",
+        {"text": mark * 240},  # 7.7 kB: inline mode would send it in the NOTIFY
+        {"text": mark * 300},  # above the NOTIFY limit
+        [mark] * 20_000,  # 680 kB
+        None,
+        f"{mark}-small",  # the same data twice arrives twice
+    ]
+    got = _Collector()
+    snooper = await _listening(pg_dsn, schema)
+    try:
+        async with AsyncPgEventHubService(pg_dsn, schema) as hub:
+            assert await hub.subscribe("news", "a1")
+            await hub.start(got)
+            for data in sent:
+                await hub.publish("news", data)
+            await _wait_until(lambda: len(got.events) == len(sent), "every event")
+            assert [e.data for e in got.events] == sent
+            assert all(e.channel_ids == ["a1"] for e in got.events)
+            assert await _stored_payloads(admin_conn, schema) == len(sent)
+            cur = await admin_conn.execute(
+                "SELECT relpersistence FROM pg_class WHERE oid = %s::regclass",
+                (f"{schema}.event_hub_payloads",),
+            )
+            assert await cur.fetchone() == ("u",)  # as ephemeral as the notifications
+            stats = hub.stats
+            assert (stats.received, stats.delivered, stats.forged) == (len(sent), len(sent), 0)
+        for payload in await _notified(snooper, len(sent)):
+            assert mark not in payload
+            envelope = json.loads(payload)
+            assert sorted(envelope) == ["k", "r", "t"] and envelope["t"] == "news"
+    finally:
+        await snooper.close()
+
+
+async def test_a_role_that_can_only_connect_can_neither_read_nor_forge_events(
+    pg_dsn: str,
+    channels: AsyncPgChannelStore,
+    admin_conn: AsyncConnection[Any],
+    outsider: AsyncConnection[Any],
+) -> None:
+    schema = channels.schema
+    cur = await admin_conn.execute(
+        "SELECT has_schema_privilege(%s, %s, 'USAGE')", (outsider.info.user, schema)
+    )
+    assert await cur.fetchone() == (False,)  # what a fresh role sees of the app's schema
+    await outsider.execute(pgsql.SQL("LISTEN {}").format(pgsql.Identifier(notify_channel(schema))))
+    secret_a = f"secret-{uuid.uuid4().hex}"
+    secret_b = {"secret": "b" * 9000}
+    got = _Collector()
+    async with AsyncPgEventHubService(pg_dsn, schema) as hub:
+        assert await hub.subscribe("A", "a1")
+        assert await hub.subscribe("B", "b1")
+        await hub.start(got)
+        await hub.publish("A", secret_a)
+        await hub.publish("B", secret_b)
+        # (1) It hears every notification, but they hold no data.
+        heard = await _notified(outsider, 2)
+        assert all("secret" not in payload for payload in heard)
+        ref_a, ref_b = (json.loads(payload) for payload in heard)
+        # (2) It cannot read the payloads.
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            await outsider.execute(
+                pgsql.SQL("SELECT data FROM {}.event_hub_payloads").format(pgsql.Identifier(schema))
+            )
+        # (3) Nothing it sends is delivered, and each forgery is counted.
+        forgeries = _forgeries(ref_a, ref_b)
+        for payload in forgeries:
+            await _notify(outsider, schema, payload)
+        await _notify(outsider, schema, json.dumps({"t": "C", "r": 1, "k": str(uuid.uuid4())}))
+        await hub.publish("A", "marker")  # notified after every forgery
+        await _wait_until(lambda: len(got.events) == 3, "the marker")
+        assert [(e.topic, e.data) for e in got.events] == [
+            ("A", secret_a),
+            ("B", secret_b),
+            ("A", "marker"),
+        ]
+        stats = hub.stats
+        assert stats.forged == len(forgeries)
+        assert stats.ignored == 1  # topic C: no channel here, nothing fetched
+        assert stats.delivered == 3 and stats.dropped == 0
+        assert stats.received == len(forgeries) + 4
+
+
+def _forgeries(ref_a: dict[str, Any], ref_b: dict[str, Any]) -> list[str]:
+    """Notifications a role that heard the references of A and B could send."""
+    a_id, a_key, b_id, b_key = ref_a["r"], ref_a["k"], ref_b["r"], ref_b["k"]
+    guess = str(uuid.uuid4())
+    envelopes: list[Any] = [
+        {"t": "A", "n": "0" * 12, "d": "forged"},  # inline, and inline payloads are off
+        {"t": "A", "r": a_id + 5, "k": guess},  # a guessed id and token
+        {"t": "A", "r": a_id, "k": guess},  # A's id, a guessed token
+        {"t": "A", "r": a_id, "k": b_key},  # A's id with B's token
+        {"t": "A", "r": b_id, "k": b_key},  # B's whole reference, claimed for A
+        {"t": "B", "r": a_id, "k": a_key},  # A's whole reference, claimed for B
+        {"t": "A", "r": a_id, "k": a_key},  # a replay of A's
+        {"t": "B", "r": b_id, "k": b_key},  # a replay of B's
+        {"t": "A", "r": a_id, "k": a_key.upper()},  # not the token's canonical text
+        {"t": "A", "r": a_id, "k": a_key.replace("-", "")},
+        {"t": "A", "r": str(a_id), "k": a_key},  # the id as a string
+        {"t": "A", "r": float(a_id), "k": a_key},
+        {"t": "A", "r": True, "k": a_key},
+        {"t": "A", "r": 2**63, "k": a_key},  # out of bigint range
+        {"t": "A", "r": 0, "k": a_key},
+        {"t": "A", "r": a_id, "k": None},
+        {"t": "A", "r": a_id, "k": a_key, "d": "extra"},  # an extra field
+        {"t": "A", "r": a_id},  # no token at all
+        {"t": ["A"], "r": a_id, "k": a_key},  # the topic not a str
+        [ref_a["t"], a_id, a_key],
+        "A",
+    ]
+    return [json.dumps(e) for e in envelopes] + ["not JSON", "[" * 7000, ""]
+
+
+class _CountingHub(AsyncPgEventHubService):
+    """A hub that records how many references each of its payload reads checks."""
+
+    fetched: list[int]
+
+    async def _fetch(
+        self, conn: AsyncConnection[Any], references: list[EventReference]
+    ) -> dict[EventReference, Any] | None:
+        self.fetched = [*getattr(self, "fetched", []), len(references)]
+        return await super()._fetch(conn, references)
+
+
+async def test_a_burst_is_checked_in_a_few_reads_and_a_bad_reference_spoils_none(
+    pg_dsn: str, channels: AsyncPgChannelStore
+) -> None:
+    schema = channels.schema
+    got = _Collector()
+    conn = await AsyncConnection.connect(pg_dsn)
+    try:
+        async with (
+            _CountingHub(pg_dsn, schema) as hub,
+            AsyncPgEventHubService(conn, schema) as publisher,
+        ):
+            await hub.subscribe("A", "a1")
+            await hub.start(got)
+            async with conn.transaction():  # all notified at once, on commit
+                for i in range(200):
+                    await publisher.publish("A", i)
+                    if i == 100:  # batched with genuine events, refused alone
+                        big = json.dumps({"t": "A", "r": 2**70, "k": str(uuid.uuid4())})
+                        wrong = json.dumps({"t": "A", "r": 1, "k": str(uuid.uuid4())})
+                        await _notify(conn, schema, big)
+                        await _notify(conn, schema, wrong)
+                for i in range(100):
+                    await publisher.publish("elsewhere", i)  # no channel here: never read
+            await _wait_until(lambda: len(got.events) == 200, "the burst")
+            await publisher.publish("A", "marker")
+            await _wait_until(lambda: len(got.events) == 201, "the marker")
+            assert [e.data for e in got.events] == [*range(200), "marker"]
+            assert sum(hub.fetched) == 200 + 1 + 1  # + the wrong token + the marker
+            assert len(hub.fetched) <= 20, hub.fetched
+            assert (hub.stats.forged, hub.stats.ignored) == (2, 100)
+    finally:
+        await conn.close()
+
+
+async def test_publish_rolled_back_delivers_nothing_of_any_size(
+    pg_dsn: str, channels: AsyncPgChannelStore, admin_conn: AsyncConnection[Any]
+) -> None:
+    got = _Collector()
+    conn = await AsyncConnection.connect(pg_dsn)
+    try:
+        async with (
+            AsyncPgEventHubService(pg_dsn, channels.schema) as listener,
+            AsyncPgEventHubService(conn, channels.schema) as publisher,
+        ):
+            await listener.subscribe("news", "a1")
+            await listener.start(got)
+            async with conn.transaction(force_rollback=True):
+                await publisher.publish("news", "small")
+                await publisher.publish("news", "x" * 20_000)
+            await publisher.publish("news", "after")
+            await _wait_until(lambda: len(got.events) == 1, "the later event")
+            assert [e.data for e in got.events] == ["after"]
+            assert listener.stats.received == 1
+            assert await _stored_payloads(admin_conn, channels.schema) == 1
+    finally:
+        await conn.close()
+
+
+async def test_expired_payloads_are_deleted_in_bounded_batches_by_some_publishes(
+    pg_dsn: str, channels: AsyncPgChannelStore, admin_conn: AsyncConnection[Any]
+) -> None:
+    schema = channels.schema
+    async with AsyncPgEventHubService(pg_dsn, schema, payload_retention=60) as hub:
+        await admin_conn.execute(
+            pgsql.SQL(
+                "INSERT INTO {}.event_hub_payloads (topic, data, created_at)"
+                " SELECT 'old', '1', now() - interval '1 hour' FROM generate_series(1, 1500)"
+            ).format(pgsql.Identifier(schema))
+        )
+        await hub.publish("news", 1)  # the first publish deletes, at most 1,000 rows
+        assert await _stored_payloads(admin_conn, schema) == 500 + 1
+        for i in range(31):  # the next 31 do not delete
+            await hub.publish("news", i)
+        assert await _stored_payloads(admin_conn, schema) == 500 + 32
+        await hub.publish("news", "the 33rd")
+        assert await _stored_payloads(admin_conn, schema) == 33
+
+
+# --- inline mode ---------------------------------------------------------------------------
+
+
+async def test_inline_mode_sends_small_data_in_the_notify_where_anyone_can_forge_it(
+    pg_dsn: str,
+    channels: AsyncPgChannelStore,
+    admin_conn: AsyncConnection[Any],
+    outsider: AsyncConnection[Any],
+) -> None:
+    schema = channels.schema
+    await outsider.execute(pgsql.SQL("LISTEN {}").format(pgsql.Identifier(notify_channel(schema))))
+    got = _Collector()
+    async with AsyncPgEventHubService(pg_dsn, schema, inline_payloads=True) as hub:
+        await hub.subscribe("A", "a1")
+        await hub.start(got)
+        await hub.publish("A", "in the clear")
+        # The trade-off the option documents: readable, and forgeable, by any role.
+        assert "in the clear" in (await _notified(outsider, 1))[0]
+        await _notify(outsider, schema, json.dumps({"t": "A", "n": "x", "d": "forged"}))
+        await _wait_until(lambda: len(got.events) == 2, "both events")
+        assert [e.data for e in got.events] == ["in the clear", "forged"]
+        assert await _stored_payloads(admin_conn, schema) == 0
+        assert hub.stats.forged == 0
+
+
+async def test_mixed_modes_during_a_rolling_change_of_the_option(
+    pg_dsn: str, channels: AsyncPgChannelStore
+) -> None:
+    schema = channels.schema
+    got_secure, got_inline = _Collector(), _Collector()
+    async with (
+        AsyncPgEventHubService(pg_dsn, schema) as secure,
+        AsyncPgEventHubService(pg_dsn, schema, inline_payloads=True) as inline,
+    ):
+        await secure.subscribe("A", "a1")
+        await inline.subscribe("A", "b1")
+        await secure.start(got_secure)
+        await inline.start(got_inline)
+        await secure.publish("A", "reference")  # inline hubs accept references
+        await inline.publish("A", "inline")  # secure hubs refuse inline envelopes
+        await inline.publish("A", "x" * 9000)  # stored: a reference, accepted by both
+        await _wait_until(
+            lambda: len(got_secure.events) == 2 and len(got_inline.events) == 3, "the events"
+        )
+        assert [e.data for e in got_secure.events] == ["reference", "x" * 9000]
+        assert [e.data for e in got_inline.events] == ["reference", "inline", "x" * 9000]
+        assert (secure.stats.forged, inline.stats.forged) == (1, 0)
+
+
+@pytest.mark.parametrize("value", [1, 0, "yes", None])
+async def test_inline_payloads_must_be_a_bool(
+    pg_dsn: str, channels: AsyncPgChannelStore, value: Any
+) -> None:
+    with pytest.raises(InvalidInputError, match="inline_payloads must be a bool"):
+        AsyncPgEventHubService(pg_dsn, channels.schema, inline_payloads=value)
+
+
+async def test_a_listener_that_cannot_read_the_payloads_drops_them_and_goes_on(
+    pg_dsn: str,
+    channels: AsyncPgChannelStore,
+    outsider: AsyncConnection[Any],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.WARNING, logger="pikku_pg.event_hub")
+    password = outsider.pgconn.password
+    assert password is not None
+    # The listener reads the payloads on its own connection, here as the outsider role.
+    listen_as = make_conninfo(pg_dsn, user=outsider.info.user, password=password.decode())
+    got = _Collector()
+    async with AsyncPgEventHubService(
+        pg_dsn, channels.schema, inline_payloads=True, listen_conninfo=listen_as
+    ) as hub:
+        await hub.subscribe("A", "a1")
+        await hub.start(got)
+        await hub.publish("A", "x" * 9000)  # stored: the listener may not read it
+        await hub.publish("A", "small")  # inline
+        await _wait_until(lambda: len(got.events) == 1, "the inline event")
+        assert got.events[0].data == "small"
+        assert (hub.stats.dropped, hub.stats.forged, hub.stats.delivered) == (1, 0, 1)
+    assert any("could not read 1 stored payloads" in r.getMessage() for r in caplog.records)
