@@ -39,7 +39,7 @@ How it works, and what it promises:
   borrowed connection inside your transaction delivers only if it commits.
 * The listener is a dedicated connection (LISTEN is session state: behind PgBouncer,
   point ``listen_conninfo`` at PostgreSQL or a session-mode pool). A background task
-  (async) or daemon thread (sync) drains it into a local queue as soon as
+  (a daemon thread in the sync flavour) drains it into a local queue as soon as
   notifications arrive, so a slow consumer never holds up PostgreSQL's notification
   queue nor any publisher. At most ``max_pending`` events wait in the queue; beyond
   that new events are dropped and a warning is logged.
@@ -102,7 +102,7 @@ _IN_CALLBACK: contextvars.ContextVar[bool] = contextvars.ContextVar(
     "pikku_pg_event_hub_in_callback", default=False
 )
 
-# async flavour: a coroutine function; sync flavour: a plain function.
+# async flavour: a coroutine function; sync flavour: a plain function.  # unasync: keep
 EventCallback: TypeAlias = Callable[[EventHubMessage], Any]
 
 # Keepalives make a silently dead network link (no FIN, no RST) visible to the listener.
