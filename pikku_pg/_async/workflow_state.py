@@ -200,7 +200,10 @@ class AsyncWorkflowStateStore(AsyncPgService):
         if rid is None:
             return None
         row = await self._db.fetch_one(
-            self._q.get_step_state, {"run_id": rid, "step_name": step_name}, row_factory=dict_row
+            self._q.get_step_state,
+            {"run_id": rid, "step_name": step_name},
+            row_factory=dict_row,
+            read=True,
         )
         return None if row is None else step_state_from_row(row)
 
@@ -286,7 +289,9 @@ class AsyncWorkflowStateStore(AsyncPgService):
         rows = (
             []
             if rid is None
-            else await self._db.fetch_all(query, {"run_id": rid, **params}, row_factory=dict_row)
+            else await self._db.fetch_all(
+                query, {"run_id": rid, **params}, row_factory=dict_row, read=True
+            )
         )
         if not rows:
             raise WorkflowRunNotFoundError(run_id)
@@ -318,7 +323,7 @@ class AsyncWorkflowStateStore(AsyncPgService):
         """A run's state values by name (TypeScript's JSON-string values decoded)."""
         rid = run_uuid(run_id)
         row = await self._db.fetch_one(
-            self._q.get_run_state, {"run_id": rid}, row_factory=tuple_row
+            self._q.get_run_state, {"run_id": rid}, row_factory=tuple_row, read=True
         )
         if row is None:
             raise WorkflowRunNotFoundError(run_id)

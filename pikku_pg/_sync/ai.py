@@ -110,7 +110,7 @@ class PgAIStorageService(PgService):
     def get_thread(self, thread_id: str) -> AIThread:
         """The thread ``thread_id``; raises ``ThreadNotFoundError`` if there is none."""
         row = self._db.fetch_one(
-            self._get_thread, (rows.text("thread_id", thread_id),), row_factory=tuple_row
+            self._get_thread, (rows.text("thread_id", thread_id),), row_factory=tuple_row, read=True
         )
         if row is None:
             raise ThreadNotFoundError(thread_id)
@@ -119,7 +119,10 @@ class PgAIStorageService(PgService):
     def get_threads(self, resource_id: str) -> list[AIThread]:
         """The threads of ``resource_id``, most recently updated first."""
         found = self._db.fetch_all(
-            self._get_threads, (rows.text("resource_id", resource_id),), row_factory=tuple_row
+            self._get_threads,
+            (rows.text("resource_id", resource_id),),
+            row_factory=tuple_row,
+            read=True,
         )
         return [rows.thread_from_row(row) for row in found]
 
@@ -148,12 +151,14 @@ class PgAIStorageService(PgService):
             "limit": None if last_n is None else rows.positive_int("last_n", last_n),
         }
         if cursor is None:
-            found = self._db.fetch_all(self._get_messages, params, row_factory=tuple_row)
+            found = self._db.fetch_all(self._get_messages, params, row_factory=tuple_row, read=True)
             return rows.messages_from_rows(found)
         params["cursor"] = rows.text("cursor", cursor)
         if params["limit"] is None:
             params["limit"] = rows.DEFAULT_PAGE
-        found = self._db.fetch_all(self._get_messages_before, params, row_factory=tuple_row)
+        found = self._db.fetch_all(
+            self._get_messages_before, params, row_factory=tuple_row, read=True
+        )
         if not found:
             raise MessageNotFoundError(
                 cursor, f"cursor message {cursor!r} is not a message of thread {thread_id!r}"
@@ -190,7 +195,10 @@ class PgAIStorageService(PgService):
     def get_working_memory(self, id: str, scope: str) -> dict[str, Any] | None:
         """The working memory of a thread or resource (``scope``), or None."""
         row = self._db.fetch_one(
-            self._get_memory, (rows.text("id", id), rows.scope(scope)), row_factory=tuple_row
+            self._get_memory,
+            (rows.text("id", id), rows.scope(scope)),
+            row_factory=tuple_row,
+            read=True,
         )
         return None if row is None else rows.read_object(row[0])
 
@@ -265,7 +273,7 @@ class PgAIStorageService(PgService):
     def get_run(self, run_id: str) -> AgentRunState | None:
         """The run with its pending approvals, or None."""
         row = self._db.fetch_one(
-            self._get_run, (rows.text("run_id", run_id),), row_factory=tuple_row
+            self._get_run, (rows.text("run_id", run_id),), row_factory=tuple_row, read=True
         )
         return None if row is None else rows.run_from_row(row)
 
@@ -275,13 +283,17 @@ class PgAIStorageService(PgService):
             self._get_runs_by_thread,
             {"thread_id": rows.text("thread_id", thread_id)},
             row_factory=tuple_row,
+            read=True,
         )
         return [rows.run_from_row(row) for row in found]
 
     def find_run_by_tool_call_id(self, tool_call_id: str) -> AgentRunApproval | None:
         """The run waiting for approval of ``tool_call_id`` and that approval, or None."""
         row = self._db.fetch_one(
-            self._find_run, (rows.text("tool_call_id", tool_call_id),), row_factory=tuple_row
+            self._find_run,
+            (rows.text("tool_call_id", tool_call_id),),
+            row_factory=tuple_row,
+            read=True,
         )
         return None if row is None else rows.found_approval(row, tool_call_id)
 
@@ -350,13 +362,13 @@ class PgAgentRunService(PgService):
             if not params["owners"]:
                 return []
             query += self._by_owners
-        found = self._db.fetch_all(query + self._page, params, row_factory=tuple_row)
+        found = self._db.fetch_all(query + self._page, params, row_factory=tuple_row, read=True)
         return [rows.thread_from_row(row) for row in found]
 
     def get_thread(self, thread_id: str) -> AIThread | None:
         """The thread, or None."""
         row = self._db.fetch_one(
-            self._get_thread, (rows.text("thread_id", thread_id),), row_factory=tuple_row
+            self._get_thread, (rows.text("thread_id", thread_id),), row_factory=tuple_row, read=True
         )
         return None if row is None else rows.thread_from_row(row)
 
@@ -366,13 +378,14 @@ class PgAgentRunService(PgService):
             self._get_messages,
             {"thread_id": rows.text("thread_id", thread_id), "limit": None},
             row_factory=tuple_row,
+            read=True,
         )
         return rows.messages_from_rows(found)
 
     def get_thread_runs(self, thread_id: str) -> list[AgentRunRow]:
         """The runs of a thread, newest first, with their error messages."""
         found = self._db.fetch_all(
-            self._get_runs, (rows.text("thread_id", thread_id),), row_factory=tuple_row
+            self._get_runs, (rows.text("thread_id", thread_id),), row_factory=tuple_row, read=True
         )
         return [rows.run_row_from_row(row) for row in found]
 
@@ -385,5 +398,5 @@ class PgAgentRunService(PgService):
 
     def get_distinct_agent_names(self) -> list[str]:
         """The names of the agents that have runs, sorted."""
-        found = self._db.fetch_all(self._agent_names, None, row_factory=tuple_row)
+        found = self._db.fetch_all(self._agent_names, None, row_factory=tuple_row, read=True)
         return [row[0] for row in found]

@@ -201,7 +201,10 @@ class WorkflowStateStore(PgService):
         if rid is None:
             return None
         row = self._db.fetch_one(
-            self._q.get_step_state, {"run_id": rid, "step_name": step_name}, row_factory=dict_row
+            self._q.get_step_state,
+            {"run_id": rid, "step_name": step_name},
+            row_factory=dict_row,
+            read=True,
         )
         return None if row is None else step_state_from_row(row)
 
@@ -285,7 +288,9 @@ class WorkflowStateStore(PgService):
         rows = (
             []
             if rid is None
-            else self._db.fetch_all(query, {"run_id": rid, **params}, row_factory=dict_row)
+            else self._db.fetch_all(
+                query, {"run_id": rid, **params}, row_factory=dict_row, read=True
+            )
         )
         if not rows:
             raise WorkflowRunNotFoundError(run_id)
@@ -316,7 +321,9 @@ class WorkflowStateStore(PgService):
     def get_run_state(self, run_id: str) -> dict[str, Any]:
         """A run's state values by name (TypeScript's JSON-string values decoded)."""
         rid = run_uuid(run_id)
-        row = self._db.fetch_one(self._q.get_run_state, {"run_id": rid}, row_factory=tuple_row)
+        row = self._db.fetch_one(
+            self._q.get_run_state, {"run_id": rid}, row_factory=tuple_row, read=True
+        )
         if row is None:
             raise WorkflowRunNotFoundError(run_id)
         return decode_state(row[0])
