@@ -31,6 +31,7 @@ from pikku_pg import (
     WorkflowStateStore,
 )
 from pikku_pg._acompat import sleep
+from pikku_pg._embedded import EmbeddedPostgres
 from pikku_pg._sync._database import Database
 from pikku_pg._sync._service import PgService
 from pikku_pg.errors import (
@@ -49,7 +50,7 @@ class Case:
     """A service, one pure read and one write (with the table the write adds a row to)."""
 
     name: str
-    make: Callable[[Any, str], PgService]
+    make: Callable[..., PgService]  # (source, schema, **options)
     components: tuple[str, ...]
     read: Call
     write: Call
@@ -57,8 +58,8 @@ class Case:
     write_uses_tables: bool = True  # False: it works on a schema without tables
 
 
-def _workflow_service(source: Any, schema: str) -> PgWorkflowService:
-    wf = PgWorkflowService(source, schema)
+def _workflow_service(source: Any, schema: str, **options: Any) -> PgWorkflowService:
+    wf = PgWorkflowService(source, schema, **options)
 
     @wf.workflow("echo")
     def echo(ctx: Any, value: Any) -> Any:
@@ -298,3 +299,49 @@ def test_a_closed_borrowed_pool_is_not_transient(pg_dsn: str) -> None:
         db.fetch_one(b"SELECT 1", row_factory=tuple_row, read=True)
     assert raised.value.transient is False
     assert isinstance(raised.value, PikkuPgError)
+
+
+def _outcome(call: Call, service: Any, raw: list[BaseException]) -> str:
+    """ "ok", or the name of the pikku_pg error; anything else is recorded in ``raw``."""
+    try:
+        call(service)
+    except PikkuPgError as exc:
+        return type(exc).__name__
+    except Exception as exc:
+        raw.append(exc)
+        return "raw"
+    return "ok"
+
+
+RESTART_CASES = [c for c in CASES if c.name in ("ai", "channels", "workflow runs", "workflows")]
+
+
+def test_every_call_failing_across_a_server_restart_is_a_pikku_pg_error() -> None:
+    # A private server: restarting the shared one would break the other tests' connections.
+    raw: list[BaseException] = []
+    with EmbeddedPostgres() as server:
+        options = {"pool_kwargs": {"timeout": 0.3, "reconnect_timeout": 60}}
+        services = [(c, c.make(server.dsn, "restart", **options)) for c in RESTART_CASES]
+        try:
+            for case, svc in services:
+                svc.init()
+                assert _outcome(case.read, svc, raw) == "ok"
+            server.restart()  # every pooled connection dies
+            failed_writes = [_outcome(c.write, s, raw) for c, s in services]
+            after_restart = [_outcome(c.read, s, raw) for c, s in services]
+            with server.down():
+                while_down = [_outcome(c.read, s, raw) for c, s in services]
+            for _ in range(50):  # the pools reconnect in the background
+                back = [_outcome(c.read, s, raw) for c, s in services]
+                if back == ["ok"] * len(services):
+                    break
+                sleep(0.1)
+        finally:
+            for _, svc in services:
+                svc.close()
+    assert raw == []
+    assert after_restart == ["ok"] * len(services)  # retried on a fresh connection
+    # Each pool's first statement ran on a dead connection; a write is not retried.
+    assert failed_writes == ["DatabaseUnavailableError"] * len(services)
+    assert while_down == ["DatabaseUnavailableError"] * len(services)
+    assert back == ["ok"] * len(services)
