@@ -17,8 +17,10 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
+
+from pydantic import ValidationError
 
 from pikku_pg.errors import InvalidInputError
 
@@ -40,6 +42,27 @@ def quote(value: object) -> str:
     if len(text) > MAX_QUOTE:
         return text[:MAX_QUOTE] + "..."
     return text
+
+
+def quote_all(values: Sequence[object]) -> str:
+    """The values quoted and joined, cut like :func:`quote` (e.g. ids in a message)."""
+    text = ", ".join(quote(v) for v in values[:10])
+    if len(values) > 10:
+        text += f" and {len(values) - 10} more"
+    return text if len(text) <= MAX_QUOTE else text[:MAX_QUOTE] + "..."
+
+
+def validation_summary(exc: ValidationError) -> str:
+    """What pydantic found wrong (where and what, at most three problems), without
+    the input itself."""
+    problems = exc.errors(include_url=False, include_input=False, include_context=False)
+    parts = []
+    for problem in problems[:3]:
+        where = ".".join(str(part) for part in problem["loc"]) or "value"
+        parts.append(f"{where[:100]}: {problem['msg'][:150]}")
+    if len(problems) > 3:
+        parts.append(f"and {len(problems) - 3} more problems")
+    return "; ".join(parts) or "invalid value"
 
 
 def has_surrogate(text: str) -> bool:
@@ -107,18 +130,21 @@ def check_bool(field: str, value: object) -> bool:
     return value
 
 
-def check_list(field: str, value: object) -> list[Any]:
-    """The items of a list, tuple or other iterable, as a new list.
+def check_list(field: str, value: object, *, of: str = "") -> list[Any]:
+    """The items of a list, tuple or other iterable, as a new list (``of``: the item
+    type, for the message).
 
     A str, bytes or mapping is refused: iterating it would give characters or keys,
     never what the caller meant.
     """
     if isinstance(value, (str, bytes, bytearray, Mapping)) or not isinstance(value, Iterable):
-        raise InvalidInputError(f"{field} must be a list, not {type(value).__name__}")
+        kind = f"a list of {of}" if of else "a list"
+        single = " (a single string)" if isinstance(value, str) else ""
+        raise InvalidInputError(f"{field} must be {kind}, not {type(value).__name__}{single}")
     return list(value)
 
 
 def check_text_list(field: str, value: object, *, item: str | None = None) -> list[str]:
     """A list of texts (see :func:`check_list` and :func:`check_text`)."""
     name = item or f"{field} item"
-    return [check_text(name, text) for text in check_list(field, value)]
+    return [check_text(name, text) for text in check_list(field, value, of="str")]

@@ -29,6 +29,7 @@ from pikku_pg._async.workflow_engine import (
 from pikku_pg._async.workflow_queue import AsyncWorkflowQueue
 from pikku_pg._async.workflow_state import AsyncWorkflowStateStore
 from pikku_pg._async.workflow_worker import AsyncWorkflowWorker, listener_target
+from pikku_pg._check import check_number
 from pikku_pg._json import dumps
 from pikku_pg._rows.workflow import UNKNOWN_WIRE, encode_wire
 from pikku_pg._rows.workflow_engine import (
@@ -212,10 +213,8 @@ class AsyncPgWorkflowService(AsyncWorkflowStateStore):
         suspended) and return it. Raises :class:`WorkflowTimeoutError` after
         ``timeout`` seconds, :class:`WorkflowRunNotFoundError` for an unknown run.
         """
-        if timeout is not None and (
-            isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout < 0
-        ):
-            raise InvalidInputError(f"timeout must be a non-negative number, not {timeout!r}")
+        if timeout is not None:  # NaN is refused (it would never time out); inf waits forever
+            timeout = check_number("timeout", timeout, finite=False, min=0)
         deadline = None if timeout is None else time.monotonic() + timeout
         pause = 0.005
         while True:

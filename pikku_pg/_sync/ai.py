@@ -15,13 +15,13 @@ from typing import Any, ClassVar
 from psycopg.rows import tuple_row
 
 from pikku_pg._arrays import EMPTY_ARRAY
+from pikku_pg._check import check_list, check_text_list, quote
 from pikku_pg._json import json_text
 from pikku_pg._rows import ai as rows
 from pikku_pg._sql import ai as q
 from pikku_pg._sql import render
 from pikku_pg._sync._service import PgService
 from pikku_pg.errors import (
-    InvalidInputError,
     MessageNotFoundError,
     RunNotFoundError,
     ThreadNotFoundError,
@@ -94,7 +94,7 @@ class PgAIStorageService(PgService):
             rows.optional_text("title", title),
             None if meta is None else json_text("metadata", meta),
         )
-        with rows.translate_errors(f"create_thread({new_id!r})"):
+        with rows.translate_errors(f"create_thread({quote(new_id)})"):
             row = self._db.fetch_one(self._create_thread, params, row_factory=tuple_row)
         assert row is not None
         return trusted(
@@ -161,7 +161,8 @@ class PgAIStorageService(PgService):
         )
         if not found:
             raise MessageNotFoundError(
-                cursor, f"cursor message {cursor!r} is not a message of thread {thread_id!r}"
+                cursor,
+                f"cursor message {quote(cursor)} is not a message of thread {quote(thread_id)}",
             )
         return rows.messages_from_rows(found)
 
@@ -180,12 +181,10 @@ class PgAIStorageService(PgService):
         call does not exist in this thread, bad values). Nothing is written on error.
         """
         tid = rows.text("thread_id", thread_id)
-        if isinstance(messages, (str, bytes, Mapping)):
-            raise InvalidInputError("messages must be a list of messages")
-        params = rows.encode_messages(tid, messages)
+        params = rows.encode_messages(tid, check_list("messages", messages, of="messages"))
         if params is None:
             return
-        with rows.translate_errors(f"save_messages({tid!r})", tid):
+        with rows.translate_errors(f"save_messages({quote(tid)})", tid):
             row = self._db.fetch_one(self._save_messages, params, row_factory=tuple_row)
         assert row is not None
         rows.check_save_verdict(tid, row)
@@ -253,7 +252,7 @@ class PgAIStorageService(PgService):
             if self._db.execute(query, params) == 0:
                 raise RunNotFoundError(run_id)
             return
-        with rows.translate_errors(f"update_run({run_id!r})"):
+        with rows.translate_errors(f"update_run({quote(run_id)})"):
             row = self._db.fetch_one(self._update_run, params, row_factory=tuple_row)
         assert row is not None
         if not row[0]:
@@ -356,9 +355,7 @@ class PgAgentRunService(PgService):
             params["resource_id"] = rows.text("resource_id", resource_id)
             query += self._by_resource
         if owners is not None:
-            if isinstance(owners, str):
-                raise InvalidInputError("owners must be a list of str, not a str")
-            params["owners"] = [rows.text("owner", owner) for owner in owners]
+            params["owners"] = check_text_list("owners", owners, item="owner")
             if not params["owners"]:
                 return []
             query += self._by_owners

@@ -19,6 +19,7 @@ from datetime import datetime, timezone
 from typing import Any, ClassVar, TypeVar
 
 from pikku_pg._acompat import sleep
+from pikku_pg._check import check_number
 from pikku_pg._json import dumps
 from pikku_pg._rows.workflow import UNKNOWN_WIRE, encode_wire
 from pikku_pg._rows.workflow_engine import (
@@ -213,10 +214,8 @@ class PgWorkflowService(WorkflowStateStore):
         suspended) and return it. Raises :class:`WorkflowTimeoutError` after
         ``timeout`` seconds, :class:`WorkflowRunNotFoundError` for an unknown run.
         """
-        if timeout is not None and (
-            isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout < 0
-        ):
-            raise InvalidInputError(f"timeout must be a non-negative number, not {timeout!r}")
+        if timeout is not None:  # NaN is refused (it would never time out); inf waits forever
+            timeout = check_number("timeout", timeout, finite=False, min=0)
         deadline = None if timeout is None else time.monotonic() + timeout
         pause = 0.005
         while True:
