@@ -14,6 +14,7 @@ from psycopg_pool import AsyncConnectionPool, PoolClosed, PoolTimeout
 
 from pikku_pg._acompat import ALock
 from pikku_pg._batcher import AsyncBatcher, Fetch
+from pikku_pg._check import quote
 from pikku_pg._connect import (
     check_conninfo,
     check_kwargs,
@@ -104,12 +105,15 @@ class AsyncDatabase:
             self._owns_pool = True
             connection_kwargs = owned_connection_kwargs(source, connect_kwargs)
             self._connection_kwargs = connection_kwargs
-            self._pool = AsyncConnectionPool(
-                source,
-                kwargs=connection_kwargs,
-                open=False,
-                **owned_pool_kwargs(pool_kwargs),
-            )
+            try:
+                self._pool = AsyncConnectionPool(
+                    source,
+                    kwargs=connection_kwargs,
+                    open=False,
+                    **owned_pool_kwargs(pool_kwargs),
+                )
+            except (TypeError, ValueError) as exc:  # an option the pool does not take
+                raise InvalidArgumentTypeError(f"pool_kwargs: {quote(str(exc))}") from None
             self._connect_timeout = connect_timeout(source, connection_kwargs)
             self._batcher = AsyncBatcher(self._checkout, self._checkin)
             return

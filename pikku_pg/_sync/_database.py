@@ -15,6 +15,7 @@ from psycopg_pool import ConnectionPool, PoolClosed, PoolTimeout
 
 from pikku_pg._acompat import Lock
 from pikku_pg._batcher import Batcher, Fetch
+from pikku_pg._check import quote
 from pikku_pg._connect import (
     check_conninfo,
     check_kwargs,
@@ -105,12 +106,15 @@ class Database:
             self._owns_pool = True
             connection_kwargs = owned_connection_kwargs(source, connect_kwargs)
             self._connection_kwargs = connection_kwargs
-            self._pool = ConnectionPool(
-                source,
-                kwargs=connection_kwargs,
-                open=False,
-                **owned_pool_kwargs(pool_kwargs),
-            )
+            try:
+                self._pool = ConnectionPool(
+                    source,
+                    kwargs=connection_kwargs,
+                    open=False,
+                    **owned_pool_kwargs(pool_kwargs),
+                )
+            except (TypeError, ValueError) as exc:  # an option the pool does not take
+                raise InvalidArgumentTypeError(f"pool_kwargs: {quote(str(exc))}") from None
             self._connect_timeout = connect_timeout(source, connection_kwargs)
             self._batcher = Batcher(self._checkout, self._checkin)
             return
