@@ -293,17 +293,6 @@ class AsyncDatabase:
                 return await cur.fetchone()
             return cur.rowcount
 
-    async def _run_read(
-        self, query: bytes, params: Params, row_factory: Any, fetch: Fetch, read: bool
-    ) -> Any:
-        try:
-            return await self._run(query, params, row_factory, fetch)
-        except DatabaseUnavailableError as exc:
-            if not self._retries(exc, read):
-                raise
-        await self._discard_broken()
-        return await self._run(query, params, row_factory, fetch)
-
     async def fetch_all(
         self,
         query: bytes,
@@ -317,7 +306,13 @@ class AsyncDatabase:
         ``read=True``: the statement only reads, so it is run again once if the
         connection was lost.
         """
-        rows: list[Row] = await self._run_read(query, params, row_factory, Fetch.ALL, read)
+        try:
+            rows: list[Row] = await self._run(query, params, row_factory, Fetch.ALL)
+        except DatabaseUnavailableError as exc:
+            if not self._retries(exc, read):
+                raise
+            await self._discard_broken()
+            rows = await self._run(query, params, row_factory, Fetch.ALL)
         return rows
 
     async def fetch_one(
@@ -330,7 +325,13 @@ class AsyncDatabase:
     ) -> Row | None:
         """Run one statement and return its first row, or None (``read``: as in
         :meth:`fetch_all`)."""
-        row: Row | None = await self._run_read(query, params, row_factory, Fetch.ONE, read)
+        try:
+            row: Row | None = await self._run(query, params, row_factory, Fetch.ONE)
+        except DatabaseUnavailableError as exc:
+            if not self._retries(exc, read):
+                raise
+            await self._discard_broken()
+            row = await self._run(query, params, row_factory, Fetch.ONE)
         return row
 
     async def execute(self, query: bytes, params: Params = None) -> int:

@@ -111,8 +111,9 @@ class AsyncPgWorkflowRunService(AsyncPgService):
     ) -> list[WorkflowRun]:
         """Runs newest first, optionally of one workflow and/or in one status."""
         params: dict[str, Any] = {
-            "limit": check_int("limit", limit, maximum=2**63 - 1),
-            "offset": check_int("offset", offset, maximum=2**63 - 1),
+            # Bounded like every page argument (pikku_pg._check.MAX_INT4).
+            "limit": check_int("limit", limit),
+            "offset": check_int("offset", offset),
         }
         if workflow_name is not None:
             params["workflow"] = check_text("workflow_name", workflow_name)

@@ -294,17 +294,6 @@ class Database:
                 return cur.fetchone()
             return cur.rowcount
 
-    def _run_read(
-        self, query: bytes, params: Params, row_factory: Any, fetch: Fetch, read: bool
-    ) -> Any:
-        try:
-            return self._run(query, params, row_factory, fetch)
-        except DatabaseUnavailableError as exc:
-            if not self._retries(exc, read):
-                raise
-        self._discard_broken()
-        return self._run(query, params, row_factory, fetch)
-
     def fetch_all(
         self,
         query: bytes,
@@ -318,7 +307,13 @@ class Database:
         ``read=True``: the statement only reads, so it is run again once if the
         connection was lost.
         """
-        rows: list[Row] = self._run_read(query, params, row_factory, Fetch.ALL, read)
+        try:
+            rows: list[Row] = self._run(query, params, row_factory, Fetch.ALL)
+        except DatabaseUnavailableError as exc:
+            if not self._retries(exc, read):
+                raise
+            self._discard_broken()
+            rows = self._run(query, params, row_factory, Fetch.ALL)
         return rows
 
     def fetch_one(
@@ -331,7 +326,13 @@ class Database:
     ) -> Row | None:
         """Run one statement and return its first row, or None (``read``: as in
         :meth:`fetch_all`)."""
-        row: Row | None = self._run_read(query, params, row_factory, Fetch.ONE, read)
+        try:
+            row: Row | None = self._run(query, params, row_factory, Fetch.ONE)
+        except DatabaseUnavailableError as exc:
+            if not self._retries(exc, read):
+                raise
+            self._discard_broken()
+            row = self._run(query, params, row_factory, Fetch.ONE)
         return row
 
     def execute(self, query: bytes, params: Params = None) -> int:
