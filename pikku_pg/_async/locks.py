@@ -121,10 +121,17 @@ async def advisory_lock(
             # held; closing the connection is the only sure way to release it.
             await conn.close()
             raise
+        block_error: BaseException | None = None
         try:
             yield
+        except BaseException as exc:
+            # Raised again below, outside the connection block: the caller's own errors
+            # must not go through the database layer's mapping of psycopg errors.
+            block_error = exc
         finally:
             await _release(conn, key)
+    if block_error is not None:
+        raise block_error
 
 
 async def _release(conn: AsyncConnection[Any], key: str) -> None:

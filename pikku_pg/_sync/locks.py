@@ -122,10 +122,17 @@ def advisory_lock(
             # held; closing the connection is the only sure way to release it.
             conn.close()
             raise
+        block_error: BaseException | None = None
         try:
             yield
+        except BaseException as exc:
+            # Raised again below, outside the connection block: the caller's own errors
+            # must not go through the database layer's mapping of psycopg errors.
+            block_error = exc
         finally:
             _release(conn, key)
+    if block_error is not None:
+        raise block_error
 
 
 def _release(conn: Connection[Any], key: str) -> None:

@@ -348,3 +348,21 @@ async def test_every_call_failing_across_a_server_restart_is_a_pikku_pg_error() 
     assert failed_writes == ["DatabaseUnavailableError"] * len(services)
     assert while_down == ["DatabaseUnavailableError"] * len(services)
     assert back == ["ok"] * len(services)
+
+
+async def test_the_callers_own_errors_inside_a_lock_block_are_left_alone(
+    conn_source: Any, schema_name: str
+) -> None:
+    store = AsyncWorkflowStateStore(conn_source, schema_name)
+    try:
+        await store.init()
+        run_id = await store.create_run("w", {})
+        own = psycopg.OperationalError("the caller's own connection was lost")
+        with pytest.raises(psycopg.OperationalError) as raised:
+            async with store.run_lock(run_id):
+                raise own
+        assert raised.value is own  # not turned into DatabaseUnavailableError
+        async with store.run_lock(run_id, timeout=0):
+            pass  # and the lock was released
+    finally:
+        await store.close()

@@ -345,3 +345,21 @@ def test_every_call_failing_across_a_server_restart_is_a_pikku_pg_error() -> Non
     assert failed_writes == ["DatabaseUnavailableError"] * len(services)
     assert while_down == ["DatabaseUnavailableError"] * len(services)
     assert back == ["ok"] * len(services)
+
+
+def test_the_callers_own_errors_inside_a_lock_block_are_left_alone(
+    conn_source: Any, schema_name: str
+) -> None:
+    store = WorkflowStateStore(conn_source, schema_name)
+    try:
+        store.init()
+        run_id = store.create_run("w", {})
+        own = psycopg.OperationalError("the caller's own connection was lost")
+        with pytest.raises(psycopg.OperationalError) as raised:
+            with store.run_lock(run_id):
+                raise own
+        assert raised.value is own  # not turned into DatabaseUnavailableError
+        with store.run_lock(run_id, timeout=0):
+            pass  # and the lock was released
+    finally:
+        store.close()
