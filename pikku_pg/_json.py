@@ -13,7 +13,10 @@ from typing import Any
 
 from psycopg.types.json import Jsonb
 
+from pikku_pg._check import check_text, has_surrogate, quote
 from pikku_pg.errors import InvalidInputError
+
+__all__ = ["check_text", "dumps", "json_text", "jsonb", "read_list", "read_object"]
 
 # "\u0000" preceded by an even number of backslashes is an escaped NUL character,
 # which JSONB refuses ("unsupported Unicode escape sequence").
@@ -21,11 +24,20 @@ _ESCAPED_NUL = re.compile(r"(?<!\\)(?:\\\\)*\\u0000")
 
 
 def dumps(value: Any) -> str:
-    """Compact JSON text, non-ASCII kept as is (what JSON.stringify writes)."""
+    """Compact JSON text, non-ASCII kept as is (what JSON.stringify writes).
+
+    Refuses what cannot be JSON (NaN, objects of other types, cycles, nesting too deep)
+    and lone surrogates anywhere, keys included: UTF-8 cannot encode them.
+    """
     try:
-        return json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
-    except (TypeError, ValueError) as exc:
-        raise InvalidInputError(f"value is not JSON-serializable: {exc}") from exc
+        text = json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    except (TypeError, ValueError, RecursionError) as exc:
+        raise InvalidInputError(f"value is not JSON-serializable: {quote(str(exc))}") from exc
+    if has_surrogate(text):
+        raise InvalidInputError(
+            "value contains a lone surrogate (e.g. '\\ud800'), which UTF-8 cannot encode"
+        )
+    return text
 
 
 def json_text(field: str, value: Any) -> str:
@@ -64,14 +76,3 @@ def read_list(value: Any) -> list[Any] | None:
     """Read a JSONB value that should be a list (accepting a JSON string of one)."""
     value = _parse_if_text(value)
     return value if isinstance(value, list) else None
-
-
-def check_text(field: str, value: object, *, max_length: int | None = None) -> str:
-    """Validate a text value before it is bound: a str, no NUL byte, not too long."""
-    if not isinstance(value, str):
-        raise InvalidInputError(f"{field} must be a str, not {type(value).__name__}")
-    if "\x00" in value:
-        raise InvalidInputError(f"{field} contains a NUL character, which PostgreSQL rejects")
-    if max_length is not None and len(value) > max_length:
-        raise InvalidInputError(f"{field} is {len(value)} characters; at most {max_length}")
-    return value

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 
+from pikku_pg._check import quote
 from pikku_pg.errors import InvalidSchemaNameError
 
 _SCHEMA_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_$]*")
@@ -14,11 +15,11 @@ def validate_schema_name(name: object) -> str:
     """Return ``name`` if it is a plain identifier PostgreSQL keeps unchanged, else raise."""
     if not isinstance(name, str):
         raise InvalidSchemaNameError(
-            f"schema name must be a str, not {type(name).__name__}: {name!r}"
+            f"schema name must be a str, not {type(name).__name__}: {quote(name)}"
         )
     if len(name) > _MAX_IDENTIFIER_LENGTH:
         raise InvalidSchemaNameError(
-            f"schema name {name!r} is {len(name)} characters long; at most 63 are allowed"
+            f"schema name {quote(name)} is {len(name)} characters long; at most 63 are allowed"
         )
     if not _SCHEMA_NAME.fullmatch(name):
         raise InvalidSchemaNameError(

@@ -1,15 +1,35 @@
 """The exceptions raised by pikku-pg.
 
 Every exception derives from :class:`PikkuPgError`, so ``except PikkuPgError``
-catches everything this library raises on purpose. Database errors that a caller
-can act on (a foreign key to a missing thread, a duplicate id) are translated into
-these classes with the offending id in the message; anything else is left as the
-psycopg exception it is.
+catches everything this library raises on purpose. The database layer maps, for
+every service call:
+
+* a lost connection (server restart, failover, ``pg_terminate_backend``, network
+  loss: ``psycopg.OperationalError`` without a server error, SQLSTATE class 08,
+  57P01-57P03, 57P05), a serialization failure or deadlock (class 40), and a
+  closed service, pool or connection, to :class:`DatabaseUnavailableError`, whose
+  ``transient`` says whether trying again may succeed;
+* a missing schema, table or enum type (42P01, 3F000, 42704) to
+  :class:`SchemaNotInitializedError`, which says what to run.
+
+The psycopg error is kept as ``__cause__``. Database errors that a caller can act
+on (a foreign key to a missing thread, a duplicate id) are translated by the
+services into these classes with the offending id in the message. Any other
+psycopg error (none is expected: inputs are checked before any SQL runs) is left
+as the psycopg exception it is, so that the services' own handlers still see it.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
+
+
+def quote(value: object) -> str:
+    """:func:`pikku_pg._check.quote` (imported late: that module imports this one)."""
+    from pikku_pg._check import quote as cut
+
+    return cut(value)
 
 
 class PikkuPgError(Exception):
@@ -24,12 +44,50 @@ class InvalidInputError(PikkuPgError, ValueError):
     """A value given to a service cannot be stored (wrong type, NUL byte, too large...)."""
 
 
+class InvalidArgumentTypeError(InvalidInputError, TypeError):
+    """A value of the wrong kind where the type itself is the mistake (e.g. the
+    connection source); also a ``TypeError``."""
+
+
 class DatabaseUnavailableError(PikkuPgError, ConnectionError):
-    """The database cannot be reached, or the pool or connection is closed."""
+    """The database cannot be reached, or the pool or connection is closed.
+
+    ``transient`` is True when trying again may succeed (the connection was lost,
+    the server is restarting, a serialization failure or deadlock) and False when it
+    cannot (the service, its pool or its borrowed connection is closed). A write that
+    fails with this error may or may not have been applied.
+    """
+
+    def __init__(self, message: str, *, transient: bool = True) -> None:
+        self.transient = transient
+        super().__init__(message)
 
 
 class ServiceClosedError(DatabaseUnavailableError):
     """The service was closed and cannot run queries any more."""
+
+    def __init__(self, message: str = "the service is closed") -> None:
+        super().__init__(message, transient=False)
+
+
+class SchemaNotInitializedError(PikkuPgError):
+    """The service's schema, tables or types do not exist: it was never initialised.
+
+    ``schema`` is the service's schema, ``components`` the names of its components;
+    the message says how to create them (``init()`` or ``pikku-pg migrate``).
+    """
+
+    def __init__(self, schema: str, components: Sequence[str], detail: str = "") -> None:
+        self.schema = schema
+        self.components = tuple(components)
+        options = "".join(f" --component {name}" for name in self.components)
+        what = " and ".join(self.components) or "pikku-pg"
+        reason = f" ({detail})" if detail else ""
+        super().__init__(
+            f"schema {quote(schema)} has no {what} tables{reason}: call init() on the "
+            f"service, or run `pikku-pg migrate{options} --schema {schema}` "
+            "(with --dsn or DATABASE_URL)"
+        )
 
 
 class MigrationError(PikkuPgError):
@@ -51,7 +109,7 @@ class NotFoundError(PikkuPgError, LookupError):
 
     def __init__(self, ident: object, message: str | None = None) -> None:
         self.id = ident
-        super().__init__(message or f"{self.kind} {ident!r} not found")
+        super().__init__(message or f"{self.kind} {quote(ident)} not found")
 
 
 class ThreadNotFoundError(NotFoundError):
@@ -147,7 +205,7 @@ class ChannelExistsError(ConflictError):
 
     def __init__(self, channel_id: str) -> None:
         self.id = channel_id
-        super().__init__(f"channel {channel_id!r} already exists")
+        super().__init__(f"channel {quote(channel_id)} already exists")
 
 
 class StepExistsError(ConflictError):
@@ -156,7 +214,9 @@ class StepExistsError(ConflictError):
     def __init__(self, run_id: str, step_name: str) -> None:
         self.run_id = run_id
         self.step_name = step_name
-        super().__init__(f"workflow run {run_id!r} already has a step named {step_name!r}")
+        super().__init__(
+            f"workflow run {quote(run_id)} already has a step named {quote(step_name)}"
+        )
 
 
 class StepFailedError(WorkflowError):
@@ -169,7 +229,7 @@ class StepFailedError(WorkflowError):
     def __init__(self, step_name: str, error: dict[str, object]) -> None:
         self.step_name = step_name
         self.error = error
-        super().__init__(f"step {step_name!r} failed: {error.get('message', '')}")
+        super().__init__(f"step {quote(step_name)} failed: {error.get('message', '')}")
 
 
 class InvalidRunStateError(WorkflowError, ConflictError):

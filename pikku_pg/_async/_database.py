@@ -14,14 +14,22 @@ from psycopg_pool import AsyncConnectionPool, PoolClosed, PoolTimeout
 
 from pikku_pg._acompat import ALock
 from pikku_pg._batcher import AsyncBatcher, Fetch
+from pikku_pg._check import quote
 from pikku_pg._connect import (
     check_conninfo,
+    check_kwargs,
     connect_timeout,
+    connection_lost,
+    database_error,
     describe_server,
     owned_connection_kwargs,
     owned_pool_kwargs,
 )
-from pikku_pg.errors import DatabaseUnavailableError, ServiceClosedError
+from pikku_pg.errors import (
+    DatabaseUnavailableError,
+    InvalidArgumentTypeError,
+    ServiceClosedError,
+)
 
 Row = TypeVar("Row")
 
@@ -61,6 +69,13 @@ class AsyncDatabase:
     passed in is borrowed and never closed. A borrowed single connection is used by
     one call at a time; a pool is never locked around, each call checks out its own
     connection.
+
+    Errors: a lost connection becomes :class:`DatabaseUnavailableError` and a missing
+    table or schema :class:`SchemaNotInitializedError` (naming ``schema`` and
+    ``components``, the service's), with the psycopg error as ``__cause__``; other
+    psycopg errors pass through, for the services' own handlers. A statement marked
+    ``read=True`` that fails on a lost connection runs once more, on a fresh pooled
+    connection; a write never does, since whether it was applied is unknown.
     """
 
     def __init__(
@@ -69,7 +84,11 @@ class AsyncDatabase:
         *,
         connect_kwargs: Mapping[str, Any] | None = None,
         pool_kwargs: Mapping[str, Any] | None = None,
+        schema: str | None = None,
+        components: Sequence[str] = (),
     ) -> None:
+        self._schema = schema
+        self._components = tuple(components)
         self._pool: AsyncConnectionPool[Any] | None = None
         self._connection: AsyncConnection[Any] | None = None
         self._owns_pool = False
@@ -82,28 +101,34 @@ class AsyncDatabase:
         # inside the caller's transaction.
         self._batcher: AsyncBatcher | None = None
         if isinstance(source, str):
-            check_conninfo(source)
-            self._conninfo = source
+            self._conninfo = check_conninfo(source)
             self._owns_pool = True
             connection_kwargs = owned_connection_kwargs(source, connect_kwargs)
             self._connection_kwargs = connection_kwargs
-            self._pool = AsyncConnectionPool(
-                source,
-                kwargs=connection_kwargs,
-                open=False,
-                **owned_pool_kwargs(pool_kwargs),
-            )
+            try:
+                self._pool = AsyncConnectionPool(
+                    source,
+                    kwargs=connection_kwargs,
+                    open=False,
+                    **owned_pool_kwargs(pool_kwargs),
+                )
+            except (TypeError, ValueError) as exc:  # an option the pool does not take
+                raise InvalidArgumentTypeError(f"pool_kwargs: {quote(str(exc))}") from None
             self._connect_timeout = connect_timeout(source, connection_kwargs)
             self._batcher = AsyncBatcher(self._checkout, self._checkin)
             return
-        if connect_kwargs or pool_kwargs:
-            raise TypeError("connect_kwargs and pool_kwargs apply only to a conninfo string")
+        if check_kwargs("connect_kwargs", connect_kwargs) or check_kwargs(
+            "pool_kwargs", pool_kwargs
+        ):
+            raise InvalidArgumentTypeError(
+                "connect_kwargs and pool_kwargs apply only to a conninfo string"
+            )
         if isinstance(source, AsyncConnectionPool):
             self._pool = source
         elif isinstance(source, AsyncConnection):
             self._connection = source
         else:
-            raise TypeError(
+            raise InvalidArgumentTypeError(
                 "expected a conninfo string, a psycopg_pool.AsyncConnectionPool or a "
                 f"psycopg.AsyncConnection, not {type(source).__name__}"
             )
@@ -121,7 +146,7 @@ class AsyncDatabase:
     async def open(self) -> None:
         """Open an owned pool now, failing within the connect timeout if unreachable."""
         if self._closed:
-            raise ServiceClosedError("the service is closed")
+            raise ServiceClosedError()
         if not self._owns_pool or self._pool_opened:
             return
         async with self._open_lock:
@@ -135,8 +160,8 @@ class AsyncDatabase:
                 probe = await AsyncConnection.connect(self._conninfo, **self._connection_kwargs)
             except psycopg.Error as exc:
                 raise DatabaseUnavailableError(
-                    f"cannot connect to PostgreSQL at {where}: {exc}"
-                ) from None
+                    f"cannot connect to PostgreSQL at {where}: {str(exc).strip()[:500]}"
+                ) from exc
             await probe.close()
             try:
                 await self._pool.open(wait=True, timeout=self._connect_timeout + 1.0)
@@ -160,14 +185,16 @@ class AsyncDatabase:
         and two generator frames to every statement.
         """
         if self._closed:
-            raise ServiceClosedError("the service is closed")
+            raise ServiceClosedError()
         if self._owns_pool and not self._pool_opened:
             await self.open()
         assert self._pool is not None
         try:
             conn: AsyncConnection[Any] = await self._pool.getconn()
         except PoolClosed:
-            raise DatabaseUnavailableError("the connection pool is closed") from None
+            raise DatabaseUnavailableError(
+                "the connection pool is closed", transient=False
+            ) from None
         except PoolTimeout as exc:
             raise DatabaseUnavailableError(f"no pooled connection available: {exc}") from None
         return conn
@@ -203,29 +230,68 @@ class AsyncDatabase:
     @asynccontextmanager
     async def _acquire(self, mode: _Mode) -> AsyncIterator[AsyncConnection[Any]]:
         if self._closed:
-            raise ServiceClosedError("the service is closed")
-        if self._connection is not None:
-            async with self._connection_lock:
-                conn = self._connection
-                if conn.closed:
-                    raise DatabaseUnavailableError("the borrowed connection is closed")
-                if mode is _Mode.PLAIN and not conn.autocommit:
-                    mode = _Mode.TRANSACTION
-                async with _scope(conn, mode):
-                    yield conn
-            return
-        conn = await self._checkout()
+            raise ServiceClosedError()
         try:
-            if mode is _Mode.PLAIN and not conn.autocommit:
-                # A borrowed pool's: commit on success, roll back on error, as the
-                # pool's own context manager does (the block may commit by itself).
-                async with conn:
-                    yield conn
-            else:
-                async with _scope(conn, mode):
-                    yield conn
-        finally:
-            await self._checkin(conn)
+            if self._connection is not None:
+                async with self._connection_lock:
+                    conn = self._connection
+                    if conn.closed:
+                        raise DatabaseUnavailableError(
+                            "the borrowed connection is closed", transient=False
+                        )
+                    if mode is _Mode.PLAIN and not conn.autocommit:
+                        mode = _Mode.TRANSACTION
+                    async with _scope(conn, mode):
+                        yield conn
+                return
+            conn = await self._checkout()
+            try:
+                if mode is _Mode.PLAIN and not conn.autocommit:
+                    # A borrowed pool's: commit on success, roll back on error, as the
+                    # pool's own context manager does (the block may commit by itself).
+                    async with conn:
+                        yield conn
+                else:
+                    async with _scope(conn, mode):
+                        yield conn
+            finally:
+                await self._checkin(conn)
+        except psycopg.Error as exc:  # raised by the block or by its COMMIT
+            self._raise_mapped(exc)
+            raise
+
+    def _raise_mapped(self, exc: psycopg.Error) -> None:
+        """Raise the ``pikku_pg.errors`` form of ``exc``, if it has one (else return)."""
+        mapped = database_error(exc, self._schema, self._components)
+        if mapped is not None:
+            raise mapped from exc
+
+    def _retries(self, exc: DatabaseUnavailableError, read: bool) -> bool:
+        """Whether a failed call runs once more: a read, on a pool, after a lost connection."""
+        return read and self._pool is not None and connection_lost(exc.__cause__)
+
+    async def _discard_broken(self) -> None:
+        """Drop the pool's idle connections that died with the one we lost (a restart
+        or a failover ends them all), so the retry gets a live one."""
+        assert self._pool is not None
+        await self._pool.check()
+
+    async def _run(self, query: bytes, params: Params, row_factory: Any, fetch: Fetch) -> Any:
+        """One statement, on the batcher of an owned pool or on a connection of its own."""
+        if self._batcher is not None:
+            try:
+                return await self._batcher.run(query, params, row_factory, fetch)
+            except psycopg.Error as exc:
+                self._raise_mapped(exc)
+                raise
+        async with self.connection() as conn:
+            cur = conn.cursor(row_factory=row_factory)
+            await cur.execute(query, params)
+            if fetch is Fetch.ALL:
+                return await cur.fetchall()
+            if fetch is Fetch.ONE:
+                return await cur.fetchone()
+            return cur.rowcount
 
     async def fetch_all(
         self,
@@ -233,15 +299,21 @@ class AsyncDatabase:
         params: Params = None,
         *,
         row_factory: AsyncRowFactory[Row],
+        read: bool = False,
     ) -> list[Row]:
-        """Run one statement and return all its rows."""
-        if self._batcher is not None:
-            rows: list[Row] = await self._batcher.run(query, params, row_factory, Fetch.ALL)
-            return rows
-        async with self.connection() as conn:
-            cur = conn.cursor(row_factory=row_factory)
-            await cur.execute(query, params)
-            return await cur.fetchall()
+        """Run one statement and return all its rows.
+
+        ``read=True``: the statement only reads, so it is run again once if the
+        connection was lost.
+        """
+        try:
+            rows: list[Row] = await self._run(query, params, row_factory, Fetch.ALL)
+        except DatabaseUnavailableError as exc:
+            if not self._retries(exc, read):
+                raise
+            await self._discard_broken()
+            rows = await self._run(query, params, row_factory, Fetch.ALL)
+        return rows
 
     async def fetch_one(
         self,
@@ -249,21 +321,20 @@ class AsyncDatabase:
         params: Params = None,
         *,
         row_factory: AsyncRowFactory[Row],
+        read: bool = False,
     ) -> Row | None:
-        """Run one statement and return its first row, or None."""
-        if self._batcher is not None:
-            row: Row | None = await self._batcher.run(query, params, row_factory, Fetch.ONE)
-            return row
-        async with self.connection() as conn:
-            cur = conn.cursor(row_factory=row_factory)
-            await cur.execute(query, params)
-            return await cur.fetchone()
+        """Run one statement and return its first row, or None (``read``: as in
+        :meth:`fetch_all`)."""
+        try:
+            row: Row | None = await self._run(query, params, row_factory, Fetch.ONE)
+        except DatabaseUnavailableError as exc:
+            if not self._retries(exc, read):
+                raise
+            await self._discard_broken()
+            row = await self._run(query, params, row_factory, Fetch.ONE)
+        return row
 
     async def execute(self, query: bytes, params: Params = None) -> int:
-        """Run one statement and return the number of rows it touched."""
-        if self._batcher is not None:
-            count: int = await self._batcher.run(query, params, None, Fetch.ROWCOUNT)
-            return count
-        async with self.connection() as conn:
-            cur = await conn.execute(query, params)
-            return cur.rowcount
+        """Run one statement and return the number of rows it touched (never retried)."""
+        count: int = await self._run(query, params, None, Fetch.ROWCOUNT)
+        return count

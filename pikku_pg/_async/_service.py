@@ -38,7 +38,14 @@ class AsyncPgService:
     ) -> None:
         # Validate before anything can touch the database.
         self._schema = validate_schema_name(self.default_schema if schema is None else schema)
-        self._db = AsyncDatabase(conn, connect_kwargs=connect_kwargs, pool_kwargs=pool_kwargs)
+        self._db = AsyncDatabase(
+            conn,
+            connect_kwargs=connect_kwargs,
+            pool_kwargs=pool_kwargs,
+            # So that a missing table is reported with the fix for this service.
+            schema=self._schema,
+            components=[component.name for component in self.components],
+        )
         self._prepare_queries()
 
     def _prepare_queries(self) -> None:

@@ -84,7 +84,7 @@ class AsyncPgChannelStore(AsyncPgService):
         Raises :class:`ChannelNotFoundError` when the channel does not exist.
         """
         channel_id = check_channel_id(channel_id)
-        row = await self._db.fetch_one(self._get, (channel_id,), row_factory=tuple_row)
+        row = await self._db.fetch_one(self._get, (channel_id,), row_factory=tuple_row, read=True)
         if row is None:
             raise ChannelNotFoundError(channel_id)
         return channel_from_row(row)
@@ -126,5 +126,7 @@ class AsyncPgEventHubStore(AsyncPgService):
     async def get_channel_ids_for_topic(self, topic: str) -> list[str]:
         """The ids of the channels subscribed to ``topic``, sorted."""
         topic = check_text("topic", topic)
-        rows = await self._db.fetch_all(self._channel_ids, (topic,), row_factory=tuple_row)
+        rows = await self._db.fetch_all(
+            self._channel_ids, (topic,), row_factory=tuple_row, read=True
+        )
         return [row[0] for row in rows]

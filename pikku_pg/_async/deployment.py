@@ -138,7 +138,7 @@ class AsyncPgDeploymentService(AsyncPgService):
         """
         name = check_function_name(name)
         params = (text_array((name,)), self._ttl)
-        rows = await self._db.fetch_all(self._find, params, row_factory=tuple_row)
+        rows = await self._db.fetch_all(self._find, params, row_factory=tuple_row, read=True)
         return [deployment_from_row(row) for row in rows]
 
     async def _stop_heartbeat(self) -> None:

@@ -69,6 +69,7 @@ from psycopg_pool import AsyncConnectionPool
 from pikku_pg._acompat import AEvent, AQueue, agather, aspawn, await_event
 from pikku_pg._async._database import ConnectionSource
 from pikku_pg._async.channel import AsyncPgEventHubStore
+from pikku_pg._check import check_number, quote
 from pikku_pg._json import check_text
 from pikku_pg._rows.channel import (
     EventReference,
@@ -181,8 +182,8 @@ class AsyncPgEventHubService(AsyncPgEventHubStore):
             ("reconnect_delay", reconnect_delay),
             ("max_reconnect_delay", max_reconnect_delay),
         ):
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
-                raise InvalidInputError(f"{name} must be a positive number, not {value!r}")
+            if check_number(name, value) <= 0:
+                raise InvalidInputError(f"{name} must be a positive number, not {quote(value)}")
         self._listen_conninfo, self._listen_kwargs = _listener_target(
             conn, listen_conninfo, connect_kwargs
         )
@@ -242,7 +243,7 @@ class AsyncPgEventHubService(AsyncPgEventHubStore):
 
     def local_channel_ids(self, topic: str) -> list[str]:
         """The channels subscribed to ``topic`` through this service, sorted."""
-        return sorted(self._local.get(topic, ()))
+        return sorted(self._local.get(check_topic(topic), ()))
 
     def _forget(self, topic: str, channel_ids: set[str]) -> None:
         with self._local_lock:

@@ -23,6 +23,7 @@ from psycopg import AsyncConnection
 from psycopg.rows import tuple_row
 
 from pikku_pg._async._database import AsyncDatabase
+from pikku_pg._check import check_number
 from pikku_pg._sql.workflow import (
     LOCK,
     RESTORE_LOCK_TIMEOUT,
@@ -30,24 +31,20 @@ from pikku_pg._sql.workflow import (
     TRY_LOCK,
     UNLOCK,
 )
-from pikku_pg.errors import DatabaseUnavailableError, InvalidInputError, LockTimeoutError
+from pikku_pg.errors import DatabaseUnavailableError, LockTimeoutError
 
 _MAX_LOCK_TIMEOUT_MS = 2**31 - 1
 
 
 def check_timeout(timeout: object) -> float | None:
-    """None (wait forever) or a number of seconds (0: do not wait at all)."""
+    """None (wait forever) or a number of seconds (0: do not wait at all; NaN is refused,
+    infinity waits forever)."""
     if timeout is None:
         return None
-    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
-        raise InvalidInputError(
-            f"timeout must be a number of seconds, not {type(timeout).__name__}"
-        )
-    if timeout != timeout or timeout < 0:
-        raise InvalidInputError(f"timeout must be a non-negative number of seconds, not {timeout}")
-    if timeout * 1000 > _MAX_LOCK_TIMEOUT_MS:
+    seconds = check_number("timeout", timeout, finite=False, min=0)
+    if seconds * 1000 > _MAX_LOCK_TIMEOUT_MS:
         return None  # beyond what lock_timeout can express (24 days): wait as long as it takes
-    return float(timeout)
+    return seconds
 
 
 async def _acquire(conn: AsyncConnection[Any], key: str, timeout: float | None, what: str) -> None:
@@ -124,10 +121,17 @@ async def advisory_lock(
             # held; closing the connection is the only sure way to release it.
             await conn.close()
             raise
+        block_error: BaseException | None = None
         try:
             yield
+        except BaseException as exc:
+            # Raised again below, outside the connection block: the caller's own errors
+            # must not go through the database layer's mapping of psycopg errors.
+            block_error = exc
         finally:
             await _release(conn, key)
+    if block_error is not None:
+        raise block_error
 
 
 async def _release(conn: AsyncConnection[Any], key: str) -> None:

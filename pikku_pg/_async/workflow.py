@@ -34,6 +34,7 @@ from pikku_pg._async.workflow_leases import AsyncLeaseKeeper
 from pikku_pg._async.workflow_queue import AsyncWorkflowQueue, Job
 from pikku_pg._async.workflow_state import AsyncWorkflowStateStore
 from pikku_pg._async.workflow_worker import AsyncWorkflowWorker, listener_target
+from pikku_pg._check import check_number, quote
 from pikku_pg._json import dumps
 from pikku_pg._rows.workflow import UNKNOWN_WIRE, encode_wire
 from pikku_pg._rows.workflow_engine import (
@@ -128,9 +129,9 @@ class AsyncPgWorkflowService(AsyncWorkflowStateStore):
             check_name("version", version)
 
         def register(fn: F) -> F:
-            _check_function(fn, f"workflow {name!r}")
+            _check_function(fn, f"workflow {quote(name)}")
             if name in self._workflows:
-                raise DuplicateRegistrationError(f"a workflow named {name!r} is registered")
+                raise DuplicateRegistrationError(f"a workflow named {quote(name)} is registered")
             self._workflows[name] = WorkflowDefinition(
                 name, fn, version or code_version(fn), code_source(fn)
             )
@@ -149,9 +150,9 @@ class AsyncPgWorkflowService(AsyncWorkflowStateStore):
             raise InvalidInputError(f"queued must be a bool, not {type(queued).__name__}")
 
         def register(fn: F) -> F:
-            _check_function(fn, f"RPC {name!r}")
+            _check_function(fn, f"RPC {quote(name)}")
             if name in self._rpcs:
-                raise DuplicateRegistrationError(f"an RPC named {name!r} is registered")
+                raise DuplicateRegistrationError(f"an RPC named {quote(name)} is registered")
             self._rpcs[name] = RpcDefinition(name, fn, queued)
             return fn
 
@@ -219,7 +220,9 @@ class AsyncPgWorkflowService(AsyncWorkflowStateStore):
         """
         defn = self._definition(name)
         if on_cancel not in ON_CANCEL:
-            raise InvalidInputError(f"on_cancel must be 'release' or 'cancel', not {on_cancel!r}")
+            raise InvalidInputError(
+                f"on_cancel must be 'release' or 'cancel', not {quote(on_cancel)}"
+            )
         text = dumps(input)  # refuses what is not JSON before anything is stored
         run_wire = WorkflowRunWire.model_validate(UNKNOWN_WIRE if wire is None else _wire(wire))
         await self._ensure_version(defn)
@@ -301,10 +304,8 @@ class AsyncPgWorkflowService(AsyncWorkflowStateStore):
         suspended) and return it. Raises :class:`WorkflowTimeoutError` after
         ``timeout`` seconds, :class:`WorkflowRunNotFoundError` for an unknown run.
         """
-        if timeout is not None and (
-            isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout < 0
-        ):
-            raise InvalidInputError(f"timeout must be a non-negative number, not {timeout!r}")
+        if timeout is not None:  # NaN is refused (it would never time out); inf waits forever
+            timeout = check_number("timeout", timeout, finite=False, min=0)
         deadline = None if timeout is None else time.monotonic() + timeout
         pause = 0.005
         while True:

@@ -32,6 +32,7 @@ import psycopg
 
 from pikku_pg._acompat import asleep
 from pikku_pg._async.workflow_queue import AsyncWorkflowQueue, Job
+from pikku_pg._check import quote
 from pikku_pg._json import jsonb
 from pikku_pg._rows.workflow import serialize_exception
 from pikku_pg._rows.workflow_engine import (
@@ -337,13 +338,13 @@ class AsyncReplayEngine:
         if workflow is None:
             # Not deployed on this process: another worker (or a later deploy) runs it.
             await self.queue.reschedule(
-                job, 5.0, error_record(f"workflow {run.workflow!r} is not registered here")
+                job, 5.0, error_record(f"workflow {quote(run.workflow)} is not registered here")
             )
             return Outcome("yielded", delay=5.0)
         if run.graph_hash is not None and run.graph_hash != workflow.version:
             exc = WorkflowVersionConflictError(
                 f"run {run.id} was started by version {run.graph_hash} of workflow "
-                f"{run.workflow!r}; the registered code is version {workflow.version}"
+                f"{quote(run.workflow)}; the registered code is version {workflow.version}"
             )
             error = serialize_exception(exc)
             error["code"] = VERSION_CONFLICT
@@ -441,14 +442,15 @@ class AsyncReplayEngine:
             rpc_name = None
         else:
             raise InvalidInputError(
-                f"step {name!r}: expected a callable or an RPC name, not {type(target).__name__}"
+                f"step {quote(name)}: expected a callable or an RPC name, "
+                f"not {type(target).__name__}"
             )
         step = state.steps.get(name)
         if step is not None:
             if step.rpc_name != rpc_name:
                 raise _fatal(
                     NonDeterminismError(
-                        f"step {name!r} of run {state.run.id} was recorded with "
+                        f"step {quote(name)} of run {state.run.id} was recorded with "
                         f"{_describe(step.rpc_name)}, but the workflow now asks for "
                         f"{_describe(rpc_name)}: the code changed under a running run"
                     ),
@@ -461,7 +463,7 @@ class AsyncReplayEngine:
         if rpc_name is not None and rpc is None:
             raise _Suspend(
                 error_record(
-                    f"step {name!r}: no RPC named {rpc_name!r} is registered "
+                    f"step {quote(name)}: no RPC named {quote(rpc_name)} is registered "
                     "(deploy it, then resume the run)",
                     code=RPC_NOT_FOUND,
                     name="RpcNotFoundError",
@@ -485,7 +487,7 @@ class AsyncReplayEngine:
                     raise _Cancelled()
             except InvalidInputError as exc:
                 raise _Fatal(
-                    error_record(f"step {name!r}: {exc}", name="InvalidInputError")
+                    error_record(f"step {quote(name)}: {exc}", name="InvalidInputError")
                 ) from None
             except StepExistsError as exc:
                 # Another pass stored it meanwhile (a worker that lost its lease):
@@ -542,7 +544,7 @@ class AsyncReplayEngine:
                 await self.queue.set_step_result(state.job, step_id, result)
             except InvalidInputError as exc:
                 error = error_record(
-                    f"step {name!r} returned a value that cannot be stored: {exc}",
+                    f"step {quote(name)} returned a value that cannot be stored: {exc}",
                     name="InvalidInputError",
                 )
                 await self.queue.set_step_error(state.job, step_id, error)
@@ -557,7 +559,7 @@ class AsyncReplayEngine:
             if step.rpc_name is not None:
                 raise _fatal(
                     NonDeterminismError(
-                        f"step {name!r} of run {state.run.id} was recorded with "
+                        f"step {quote(name)} of run {state.run.id} was recorded with "
                         f"{_describe(step.rpc_name)}, but the workflow now sleeps there"
                     ),
                     NON_DETERMINISTIC,
@@ -658,7 +660,8 @@ class AsyncReplayEngine:
                     job,
                     step.step_id,
                     error_record(
-                        f"step {job.step_name!r} returned a value that cannot be stored: {exc}",
+                        f"step {quote(job.step_name)} returned a value that cannot be "
+                        f"stored: {exc}",
                         name="InvalidInputError",
                     ),
                 )
@@ -668,4 +671,4 @@ class AsyncReplayEngine:
 
 
 def _describe(rpc_name: str | None) -> str:
-    return "an inline function" if rpc_name is None else f"RPC {rpc_name!r}"
+    return "an inline function" if rpc_name is None else f"RPC {quote(rpc_name)}"

@@ -39,7 +39,7 @@ async def fetch_run(db: AsyncDatabase, q: WorkflowQueries, run_id: object) -> Wo
     rid = maybe_run_uuid(run_id)
     if rid is None:
         return None
-    row = await db.fetch_one(q.get_run, {"run_id": rid}, row_factory=dict_row)
+    row = await db.fetch_one(q.get_run, {"run_id": rid}, row_factory=dict_row, read=True)
     return None if row is None else run_from_row(row)
 
 
@@ -50,7 +50,9 @@ async def _rows_of_run(
     nothing else; raises ``WorkflowRunNotFoundError`` for no row at all."""
     rid = maybe_run_uuid(run_id)
     rows = (
-        [] if rid is None else await db.fetch_all(query, {"run_id": rid}, row_factory=row_factory)
+        []
+        if rid is None
+        else await db.fetch_all(query, {"run_id": rid}, row_factory=row_factory, read=True)
     )
     if not rows:
         raise WorkflowRunNotFoundError(run_id)
@@ -82,7 +84,7 @@ async def fetch_workflow_version(
         "name": check_text("workflow name", name),
         "graph_hash": check_text("graph_hash", graph_hash),
     }
-    row = await db.fetch_one(q.get_version, params, row_factory=dict_row)
+    row = await db.fetch_one(q.get_version, params, row_factory=dict_row, read=True)
     return None if row is None else version_from_row(row)
 
 
@@ -109,8 +111,9 @@ class AsyncPgWorkflowRunService(AsyncPgService):
     ) -> list[WorkflowRun]:
         """Runs newest first, optionally of one workflow and/or in one status."""
         params: dict[str, Any] = {
-            "limit": check_int("limit", limit, maximum=2**63 - 1),
-            "offset": check_int("offset", offset, maximum=2**63 - 1),
+            # Bounded like every page argument (pikku_pg._check.MAX_INT4).
+            "limit": check_int("limit", limit),
+            "offset": check_int("offset", offset),
         }
         if workflow_name is not None:
             params["workflow"] = check_text("workflow_name", workflow_name)
@@ -121,7 +124,7 @@ class AsyncPgWorkflowRunService(AsyncPgService):
             query = q.list_runs_by_both if status is not None else q.list_runs_by_workflow
         else:
             query = q.list_runs_by_status if status is not None else q.list_runs
-        rows = await self._db.fetch_all(query, params, row_factory=dict_row)
+        rows = await self._db.fetch_all(query, params, row_factory=dict_row, read=True)
         return [run_from_row(r) for r in rows]
 
     async def get_run(self, run_id: str) -> WorkflowRun | None:
@@ -144,7 +147,9 @@ class AsyncPgWorkflowRunService(AsyncPgService):
 
     async def get_distinct_workflow_names(self) -> list[str]:
         """The names of the workflows that have runs, sorted."""
-        rows = await self._db.fetch_all(self._q.distinct_workflow_names, row_factory=tuple_row)
+        rows = await self._db.fetch_all(
+            self._q.distinct_workflow_names, row_factory=tuple_row, read=True
+        )
         return [r[0] for r in rows]
 
     async def get_workflow_version(self, name: str, graph_hash: str) -> WorkflowVersion | None:

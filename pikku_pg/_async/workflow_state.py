@@ -30,6 +30,7 @@ from pikku_pg._async.workflow_runs import (
     fetch_run_steps,
     fetch_workflow_version,
 )
+from pikku_pg._check import quote
 from pikku_pg._json import check_text, jsonb
 from pikku_pg._rows.workflow import (
     check_bool,
@@ -192,7 +193,8 @@ class AsyncWorkflowStateStore(AsyncPgService):
         state = await self.find_step_state(run_id, step_name)
         if state is None:
             raise StepNotFoundError(
-                (run_id, step_name), f"workflow run {run_id!r} has no step named {step_name!r}"
+                (run_id, step_name),
+                f"workflow run {quote(run_id)} has no step named {quote(step_name)}",
             )
         return state
 
@@ -203,7 +205,10 @@ class AsyncWorkflowStateStore(AsyncPgService):
         if rid is None:
             return None
         row = await self._db.fetch_one(
-            self._q.get_step_state, {"run_id": rid, "step_name": step_name}, row_factory=dict_row
+            self._q.get_step_state,
+            {"run_id": rid, "step_name": step_name},
+            row_factory=dict_row,
+            read=True,
         )
         return None if row is None else step_state_from_row(row)
 
@@ -309,7 +314,9 @@ class AsyncWorkflowStateStore(AsyncPgService):
         rows = (
             []
             if rid is None
-            else await self._db.fetch_all(query, {"run_id": rid, **params}, row_factory=dict_row)
+            else await self._db.fetch_all(
+                query, {"run_id": rid, **params}, row_factory=dict_row, read=True
+            )
         )
         if not rows:
             raise WorkflowRunNotFoundError(run_id)
@@ -341,7 +348,7 @@ class AsyncWorkflowStateStore(AsyncPgService):
         """A run's state values by name (TypeScript's JSON-string values decoded)."""
         rid = run_uuid(run_id)
         row = await self._db.fetch_one(
-            self._q.get_run_state, {"run_id": rid}, row_factory=tuple_row
+            self._q.get_run_state, {"run_id": rid}, row_factory=tuple_row, read=True
         )
         if row is None:
             raise WorkflowRunNotFoundError(run_id)
@@ -398,7 +405,7 @@ class AsyncWorkflowStateStore(AsyncPgService):
         ``connect_kwargs={"prepare_threshold": None}``).
         """
         key = f"pikku_pg:{self._schema}:workflow:run:{run_uuid(run_id)}"
-        return self._lock(key, timeout, f"workflow run {run_id!r}")
+        return self._lock(key, timeout, f"workflow run {quote(run_id)}")
 
     def step_lock(
         self, run_id: str, step_name: str, *, timeout: float | None = None
@@ -407,7 +414,7 @@ class AsyncWorkflowStateStore(AsyncPgService):
         rid = run_uuid(run_id)
         check_text("step_name", step_name)
         key = f"pikku_pg:{self._schema}:workflow:step:{rid}:{step_name}"
-        return self._lock(key, timeout, f"step {step_name!r} of workflow run {run_id!r}")
+        return self._lock(key, timeout, f"step {quote(step_name)} of workflow run {quote(run_id)}")
 
     @asynccontextmanager
     async def _lock(self, key: str, timeout: float | None, what: str) -> AsyncIterator[None]:

@@ -34,14 +34,24 @@ from psycopg_pool import AsyncConnectionPool
 from pikku_pg._acompat import AEvent, agather, aspawn, await_event
 from pikku_pg._async.workflow_engine import AsyncReplayEngine
 from pikku_pg._async.workflow_queue import AsyncWorkflowQueue, Job
+from pikku_pg._check import quote
 from pikku_pg._rows.workflow import serialize_exception
 from pikku_pg._rows.workflow_engine import positive_seconds
-from pikku_pg.errors import DatabaseUnavailableError, InvalidInputError, LeaseLostError
+from pikku_pg.errors import (
+    DatabaseUnavailableError,
+    InvalidInputError,
+    LeaseLostError,
+    SchemaNotInitializedError,
+)
 
 if TYPE_CHECKING:
     from pikku_pg._async._database import ConnectionSource
 
 logger = logging.getLogger("pikku_pg.workflow")
+
+# What a worker waits out (logged, retried with back-off): the database is unreachable,
+# or its schema is not initialised yet (a deploy may be running the migrations).
+_OUT_OF_REACH = (psycopg.Error, DatabaseUnavailableError, SchemaNotInitializedError)
 
 _LISTENER_KWARGS: dict[str, Any] = {
     "keepalives": 1,
@@ -95,7 +105,7 @@ class AsyncWorkflowWorker:
         name: str | None = None,
     ) -> None:
         if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
-            raise InvalidInputError(f"concurrency must be a positive int, not {concurrency!r}")
+            raise InvalidInputError(f"concurrency must be a positive int, not {quote(concurrency)}")
         self._engine = engine
         self._queue = queue
         self._listen_target = listen_target
@@ -214,7 +224,7 @@ class AsyncWorkflowWorker:
             try:
                 jobs = await self._queue.claim(self.name, 1, self.lease)
                 failures = 0
-            except (psycopg.Error, DatabaseUnavailableError) as exc:
+            except _OUT_OF_REACH as exc:
                 failures += 1
                 delay = min(self.poll_interval * failures, 5.0)
                 logger.warning("workflow worker cannot claim jobs (%s); retrying", exc)
@@ -229,7 +239,7 @@ class AsyncWorkflowWorker:
         """How long an idle executor waits: until the next due job, at most a poll."""
         try:
             due = await self._queue.next_due()
-        except (psycopg.Error, DatabaseUnavailableError):
+        except _OUT_OF_REACH:
             return self.poll_interval
         if due is None:
             return self.poll_interval
@@ -289,7 +299,7 @@ class AsyncWorkflowWorker:
             if tokens:
                 try:
                     await self._queue.extend_leases(tokens, self.lease)
-                except (psycopg.Error, DatabaseUnavailableError) as exc:
+                except _OUT_OF_REACH as exc:
                     logger.warning("workflow worker cannot extend its leases: %s", exc)
 
     async def _listen(self) -> None:

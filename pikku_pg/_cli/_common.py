@@ -12,7 +12,7 @@ from psycopg import errors as pg_errors
 from psycopg.conninfo import conninfo_to_dict
 
 from pikku_pg._connect import describe_server
-from pikku_pg.errors import DatabaseUnavailableError
+from pikku_pg.errors import DatabaseUnavailableError, SchemaNotInitializedError
 
 EXIT_OK, EXIT_NOT_FOUND, EXIT_USAGE, EXIT_UNREACHABLE = 0, 1, 2, 3
 EXIT_INTERRUPTED = 130
@@ -95,7 +95,12 @@ def expect_tables(schema: str, *components: str) -> Iterator[None]:
     """Turn "relation does not exist" into a not-found error that says what to run."""
     try:
         yield
-    except (pg_errors.UndefinedTable, pg_errors.InvalidSchemaName, pg_errors.UndefinedObject):
+    except (
+        SchemaNotInitializedError,  # from a service
+        pg_errors.UndefinedTable,  # from the command's own queries
+        pg_errors.InvalidSchemaName,
+        pg_errors.UndefinedObject,
+    ):
         options = " ".join(f"--component {c}" for c in components)
         raise CliError(
             f"schema {schema!r} has no {components[0]} tables: "

@@ -12,7 +12,7 @@ from pikku_pg._cli._common import EXIT_OK, connect, expect_tables, positive_int
 from pikku_pg._cli.output import Column, Output, compact_json, fmt_duration, fmt_time, shorten
 from pikku_pg._sync.workflow import PgWorkflowService
 from pikku_pg._sync.workflow_runs import PgWorkflowRunService
-from pikku_pg.errors import WorkflowRunNotFoundError
+from pikku_pg.errors import SchemaNotInitializedError, WorkflowRunNotFoundError
 from pikku_pg.models.workflow import (
     WORKFLOW_STATUSES,
     RunActivity,
@@ -130,7 +130,7 @@ def _jobs(conn: Any, schema: str, run_id: str) -> list[dict[str, Any]]:
     with PgWorkflowService(conn, schema) as engine:
         try:
             return engine.get_run_jobs(run_id)
-        except pg_errors.UndefinedTable:
+        except (SchemaNotInitializedError, pg_errors.UndefinedTable):
             return []
 
 

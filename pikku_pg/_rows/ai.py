@@ -19,6 +19,13 @@ import psycopg
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from pikku_pg._arrays import text_array, timestamp_array
+from pikku_pg._check import (
+    MAX_INT4,
+    check_int,
+    quote,
+    quote_all,
+    validation_summary,
+)
 from pikku_pg._json import check_text, dumps, json_text
 from pikku_pg.errors import ConflictError, InvalidInputError, ThreadNotFoundError
 from pikku_pg.models._base import trusted
@@ -63,30 +70,26 @@ def optional_text(field: str, value: object) -> str | None:
 
 
 def positive_int(field: str, value: object) -> int:
-    """An int >= 1."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise InvalidInputError(f"{field} must be a positive int, not {value!r}")
-    return value
+    """An int in ``[1, MAX_INT4]`` (a page size: ``last_n``)."""
+    return check_int(field, value, min=1, max=MAX_INT4)
 
 
 def non_negative_int(field: str, value: object) -> int:
-    """An int >= 0."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise InvalidInputError(f"{field} must be an int >= 0, not {value!r}")
-    return value
+    """An int in ``[0, MAX_INT4]`` (``limit``, ``offset``)."""
+    return check_int(field, value, min=0, max=MAX_INT4)
 
 
 def scope(value: object) -> str:
     """A working memory scope: ``thread`` or ``resource``."""
     if value not in SCOPES:
-        raise InvalidInputError(f"scope must be 'thread' or 'resource', not {value!r}")
+        raise InvalidInputError(f"scope must be 'thread' or 'resource', not {quote(value)}")
     return str(value)
 
 
 def approval_status(value: object) -> str:
     """An approval decision: ``approved`` or ``denied``."""
     if value not in APPROVAL_STATUSES:
-        raise InvalidInputError(f"status must be 'approved' or 'denied', not {value!r}")
+        raise InvalidInputError(f"status must be 'approved' or 'denied', not {quote(value)}")
     return str(value)
 
 
@@ -108,7 +111,7 @@ def coerce(model: type[_Model], value: object, what: str) -> _Model:
     try:
         return model.model_validate(value)
     except ValidationError as exc:
-        raise InvalidInputError(f"invalid {what}: {exc}") from None
+        raise InvalidInputError(f"invalid {what}: {validation_summary(exc)}") from None
 
 
 def _utc(value: datetime | None) -> datetime | None:
@@ -232,12 +235,12 @@ def encode_messages(thread_id: str, messages: Iterable[object]) -> dict[str, Any
         if message.role == "tool":
             for result in message.tool_results or ():
                 results[text("tool result id", result.id)] = text(
-                    f"result of tool call {result.id!r}", result.result
+                    f"result of tool call {quote(result.id)}", result.result
                 )
             continue
         message_id = text("message id", message.id)
         if message_id in seen_messages:
-            raise InvalidInputError(f"message id {message_id!r} appears twice in the batch")
+            raise InvalidInputError(f"message id {quote(message_id)} appears twice in the batch")
         seen_messages.add(message_id)
         ids.append(message_id)
         roles.append(message.role)
@@ -246,8 +249,8 @@ def encode_messages(thread_id: str, messages: Iterable[object]) -> dict[str, Any
         for call in message.tool_calls or ():
             tc_ids.append(text("tool call id", call.id))
             tc_message_ids.append(message_id)
-            tc_names.append(text(f"name of tool call {call.id!r}", call.name))
-            tc_args.append(json_text(f"args of tool call {call.id!r}", call.args))
+            tc_names.append(text(f"name of tool call {quote(call.id)}", call.name))
+            tc_args.append(json_text(f"args of tool call {quote(call.id)}", call.args))
     if len(set(tc_ids)) != len(tc_ids):
         raise InvalidInputError("a tool call id appears twice in the batch")
     if not ids and not results:
@@ -347,7 +350,7 @@ def encode_approvals(approvals: Sequence[object] | None) -> dict[str, Any]:
         else:
             kind = raw.get("type") if isinstance(raw, Mapping) else type(raw).__name__
             raise InvalidInputError(
-                f"a pending approval must be of type 'tool-call' or 'agent-call', not {kind!r}"
+                f"a pending approval must be of type 'tool-call' or 'agent-call', not {quote(kind)}"
             )
         a_ids.append(text("approval tool call id", approval.tool_call_id))
         a_types.append(approval.type)
@@ -548,7 +551,7 @@ def check_missing_tool_calls(missing_ids: list[str] | None) -> None:
     """Raise for approvals naming tool calls that are not stored in the run's thread."""
     if missing_ids:
         raise InvalidInputError(
-            f"no tool call {', '.join(map(repr, missing_ids))} in the run's thread "
+            f"no tool call {quote_all(missing_ids)} in the run's thread "
             "(save the message with the tool call first)"
         )
 
@@ -560,12 +563,12 @@ def check_save_verdict(thread_id: str, row: Sequence[Any]) -> None:
         raise ThreadNotFoundError(thread_id)
     if foreign_ids:
         raise ConflictError(
-            f"message id {', '.join(map(repr, foreign_ids))} is already stored in another thread"
+            f"message id {quote_all(foreign_ids)} is already stored in another thread"
         )
     if missing_ids:
         raise InvalidInputError(
-            f"tool result for unknown tool call {', '.join(map(repr, missing_ids))} "
-            f"(no such tool call in thread {thread_id!r} nor in the batch)"
+            f"tool result for unknown tool call {quote_all(missing_ids)} "
+            f"(no such tool call in thread {quote(thread_id)} nor in the batch)"
         )
 
 

@@ -6,13 +6,14 @@ import hashlib
 import json
 import secrets
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, cast
 
 from psycopg.types.json import Jsonb
 from pydantic import BaseModel, ValidationError
 
+from pikku_pg._check import check_list, validation_summary
 from pikku_pg._json import check_text, dumps, jsonb, read_list, read_object
 from pikku_pg.errors import InvalidInputError
 from pikku_pg.models._base import trusted
@@ -48,9 +49,7 @@ def check_topic(value: object) -> str:
 
 def check_channel_ids(values: object) -> list[str]:
     """A list of channel ids (a str alone is refused: it is not a list of ids)."""
-    if isinstance(values, (str, bytes)) or not isinstance(values, Sequence):
-        raise InvalidInputError(f"channel_ids must be a list of str, not {type(values).__name__}")
-    return [check_channel_id(v) for v in values]
+    return [check_channel_id(v) for v in check_list("channel_ids", values, of="str")]
 
 
 def _plain(value: Any) -> Any:
@@ -72,7 +71,7 @@ def channel_input(
         try:
             model = channel if isinstance(channel, Channel) else Channel.model_validate(channel)
         except ValidationError as exc:
-            raise InvalidInputError(f"invalid channel: {exc}") from exc
+            raise InvalidInputError(f"invalid channel: {validation_summary(exc)}") from exc
         channel, channel_name, opening_data = (
             model.channel_id,
             model.channel_name,

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import math
+from collections.abc import Mapping
 from typing import Any
 
 from pydantic import ValidationError
 
+from pikku_pg._check import check_list, check_number, validation_summary
 from pikku_pg._json import check_text
 from pikku_pg.errors import InvalidInputError
 from pikku_pg.models._base import trusted
@@ -21,9 +23,9 @@ def check_seconds(name: str, value: object) -> float:
     """A positive, finite number of seconds."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise InvalidInputError(f"{name} must be a number of seconds, not {type(value).__name__}")
-    seconds = float(value)
-    if not 0 < seconds < float("inf"):
-        raise InvalidInputError(f"{name} must be a positive number of seconds, not {value!r}")
+    seconds = check_number(name, value, finite=False)  # refuses NaN and too large ints
+    if not 0 < seconds < math.inf:
+        raise InvalidInputError(f"{name} must be a positive number of seconds, not {seconds:g}")
     return seconds
 
 
@@ -54,7 +56,9 @@ def deployment_input(
                 else DeploymentConfig.model_validate(deployment)
             )
         except ValidationError as exc:
-            raise InvalidInputError(f"invalid deployment config: {exc}") from exc
+            raise InvalidInputError(
+                f"invalid deployment config: {validation_summary(exc)}"
+            ) from exc
         deployment, endpoint, functions = config.deployment_id, config.endpoint, config.functions
     deployment_id = check_text("deployment_id", deployment, max_length=MAX_DEPLOYMENT_ID_LENGTH)
     if not deployment_id:
@@ -62,9 +66,7 @@ def deployment_input(
     url = check_text("endpoint", endpoint)
     if functions is None:
         functions = []
-    if isinstance(functions, (str, bytes)) or not isinstance(functions, Sequence):
-        raise InvalidInputError(f"functions must be a list of str, not {type(functions).__name__}")
-    names = [check_function_name(f) for f in functions]
+    names = [check_function_name(f) for f in check_list("functions", functions, of="str")]
     return deployment_id, url, list(dict.fromkeys(names))
 
 

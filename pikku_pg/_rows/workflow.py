@@ -13,6 +13,8 @@ from typing import Any, TypeVar
 from psycopg.types.json import Jsonb
 from pydantic import ValidationError
 
+from pikku_pg import _check
+from pikku_pg._check import MAX_INT4, check_number, check_text_list, quote, validation_summary
 from pikku_pg._json import check_text, dumps, jsonb, read_object
 from pikku_pg.errors import (
     InvalidInputError,
@@ -36,7 +38,6 @@ from pikku_pg.models.workflow import (
     WorkflowVersion,
 )
 
-MAX_INT4 = 2**31 - 1
 UNKNOWN_WIRE: dict[str, Any] = {"type": "unknown"}
 
 # ---------------------------------------------------------------------------------
@@ -80,7 +81,7 @@ def check_workflow_status(status: object) -> str:
     """A run status of ``workflow_status_enum``."""
     if status not in WORKFLOW_STATUSES:
         raise InvalidInputError(
-            f"invalid workflow run status {status!r}; "
+            f"invalid workflow run status {quote(status)}; "
             f"expected one of {', '.join(WORKFLOW_STATUSES)}"
         )
     return str(status)
@@ -90,7 +91,7 @@ def check_retry_status(status: object) -> str:
     """The status of a new attempt: ``pending`` or ``running``."""
     if status not in ("pending", "running"):
         raise InvalidInputError(
-            f"invalid status {status!r} for a retry attempt; expected 'pending' or 'running'"
+            f"invalid status {quote(status)} for a retry attempt; expected 'pending' or 'running'"
         )
     return str(status)
 
@@ -99,18 +100,14 @@ def check_step_status(status: object) -> str:
     """A step status of ``step_status_enum``."""
     if status not in STEP_STATUSES:
         raise InvalidInputError(
-            f"invalid step status {status!r}; expected one of {', '.join(STEP_STATUSES)}"
+            f"invalid step status {quote(status)}; expected one of {', '.join(STEP_STATUSES)}"
         )
     return str(status)
 
 
 def check_int(field: str, value: object, *, minimum: int = 0, maximum: int = MAX_INT4) -> int:
     """An int (not a bool) within [minimum, maximum]."""
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise InvalidInputError(f"{field} must be an int, not {type(value).__name__}")
-    if not minimum <= value <= maximum:
-        raise InvalidInputError(f"{field} must be between {minimum} and {maximum}, not {value}")
-    return value
+    return _check.check_int(field, value, min=minimum, max=maximum)
 
 
 def check_bool(field: str, value: object) -> bool:
@@ -135,7 +132,7 @@ def check_transition(row: Sequence[Any] | None, step_id: object, run_id: str = "
 
 def check_optional_text(field: str, value: object) -> str | None:
     """None, or text without NUL."""
-    return None if value is None else check_text(field, value)
+    return _check.check_optional_text(field, value)
 
 
 def encode_retry_delay(retry_delay: object) -> str | None:
@@ -148,11 +145,10 @@ def encode_retry_delay(retry_delay: object) -> str | None:
             f"not {type(retry_delay).__name__}"
         )
     if isinstance(retry_delay, float):
-        if retry_delay != retry_delay or retry_delay in (float("inf"), float("-inf")):
-            raise InvalidInputError(f"retry_delay must be finite, not {retry_delay!r}")
+        check_number("retry_delay", retry_delay)
         retry_delay = int(retry_delay) if retry_delay.is_integer() else retry_delay
     if isinstance(retry_delay, (int, float)) and retry_delay < 0:
-        raise InvalidInputError(f"retry_delay must not be negative, not {retry_delay!r}")
+        raise InvalidInputError(f"retry_delay must not be negative, not {quote(retry_delay)}")
     return check_text("retry_delay", str(retry_delay), max_length=1000)
 
 
@@ -168,7 +164,7 @@ def encode_wire(wire: WorkflowRunWire | Mapping[str, Any] | None) -> Jsonb | Non
         try:
             wire = WorkflowRunWire.model_validate(wire)
         except ValidationError as exc:
-            raise InvalidInputError(f"invalid wire: {exc}") from None
+            raise InvalidInputError(f"invalid wire: {validation_summary(exc)}") from None
     return jsonb(wire.model_dump(by_alias=True, exclude_none=True, mode="json"))
 
 
@@ -202,7 +198,7 @@ def encode_error(
         try:
             error = SerializedError.model_validate(error)
         except ValidationError as exc:
-            raise InvalidInputError(f"invalid error: {exc}") from None
+            raise InvalidInputError(f"invalid error: {validation_summary(exc)}") from None
     return jsonb(error.model_dump(by_alias=True, exclude_none=True, mode="json"))
 
 
@@ -243,9 +239,7 @@ def decode_state(state: Any) -> dict[str, Any]:
 
 def node_names(node_ids: Iterable[object]) -> list[str]:
     """A list of graph node ids (step names), each checked as text."""
-    if isinstance(node_ids, (str, bytes)):
-        raise InvalidInputError("node_ids must be a list of str, not a single string")
-    return [check_text("node id", n) for n in node_ids]
+    return check_text_list("node_ids", node_ids, item="node id")
 
 
 # ---------------------------------------------------------------------------------

@@ -9,6 +9,7 @@ import re
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from pikku_pg._check import quote
 from pikku_pg._rows.workflow import serialize_exception
 from pikku_pg.errors import InvalidInputError, StepFailedError
 from pikku_pg.models.workflow import SerializedError
@@ -37,7 +38,7 @@ def parse_duration(value: object, field: str = "duration") -> float:
         match = _DURATION.fullmatch(value)
         if match is None:
             raise InvalidInputError(
-                f"{field} {value!r} is not a duration (expected e.g. '500ms', '2s', '5m', "
+                f"{field} {quote(value)} is not a duration (expected e.g. '500ms', '2s', '5m', "
                 "'1h', '1d')"
             )
         seconds = float(match.group(1)) * _UNITS_MS[match.group(2)] / 1000.0
@@ -46,7 +47,9 @@ def parse_duration(value: object, field: str = "duration") -> float:
             f"{field} must be seconds or a duration string, not {type(value).__name__}"
         )
     if not math.isfinite(seconds) or seconds < 0:
-        raise InvalidInputError(f"{field} must be a finite, non-negative duration, not {value!r}")
+        raise InvalidInputError(
+            f"{field} must be a finite, non-negative duration, not {quote(value)}"
+        )
     return seconds
 
 
@@ -77,7 +80,7 @@ def check_retries(retries: object) -> int:
     if retries is None:
         return 0
     if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
-        raise InvalidInputError(f"retries must be a non-negative int, not {retries!r}")
+        raise InvalidInputError(f"retries must be a non-negative int, not {quote(retries)}")
     return retries
 
 
@@ -90,7 +93,7 @@ def backoff_delay(base: float, attempt: int, backoff: str) -> float:
 
 def check_backoff(backoff: object) -> str:
     if backoff not in ("fixed", "exponential"):
-        raise InvalidInputError(f"backoff must be 'fixed' or 'exponential', not {backoff!r}")
+        raise InvalidInputError(f"backoff must be 'fixed' or 'exponential', not {quote(backoff)}")
     return str(backoff)
 
 
@@ -99,7 +102,9 @@ def check_name(kind: str, name: object) -> str:
     if not isinstance(name, str):
         raise InvalidInputError(f"{kind} name must be a str, not {type(name).__name__}")
     if not name or "\x00" in name:
-        raise InvalidInputError(f"{kind} name must be non-empty text without NUL, not {name!r}")
+        raise InvalidInputError(
+            f"{kind} name must be non-empty text without NUL, not {quote(name)}"
+        )
     return name
 
 
@@ -164,5 +169,5 @@ def positive_seconds(name: str, value: object, *, allow_zero: bool = False) -> f
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise InvalidInputError(f"{name} must be a number, not {type(value).__name__}")
     if not math.isfinite(value) or value < 0 or (value == 0 and not allow_zero):
-        raise InvalidInputError(f"{name} must be a positive number of seconds, not {value!r}")
+        raise InvalidInputError(f"{name} must be a positive number of seconds, not {quote(value)}")
     return float(value)

@@ -15,14 +15,22 @@ from psycopg_pool import ConnectionPool, PoolClosed, PoolTimeout
 
 from pikku_pg._acompat import Lock
 from pikku_pg._batcher import Batcher, Fetch
+from pikku_pg._check import quote
 from pikku_pg._connect import (
     check_conninfo,
+    check_kwargs,
     connect_timeout,
+    connection_lost,
+    database_error,
     describe_server,
     owned_connection_kwargs,
     owned_pool_kwargs,
 )
-from pikku_pg.errors import DatabaseUnavailableError, ServiceClosedError
+from pikku_pg.errors import (
+    DatabaseUnavailableError,
+    InvalidArgumentTypeError,
+    ServiceClosedError,
+)
 
 Row = TypeVar("Row")
 
@@ -62,6 +70,13 @@ class Database:
     passed in is borrowed and never closed. A borrowed single connection is used by
     one call at a time; a pool is never locked around, each call checks out its own
     connection.
+
+    Errors: a lost connection becomes :class:`DatabaseUnavailableError` and a missing
+    table or schema :class:`SchemaNotInitializedError` (naming ``schema`` and
+    ``components``, the service's), with the psycopg error as ``__cause__``; other
+    psycopg errors pass through, for the services' own handlers. A statement marked
+    ``read=True`` that fails on a lost connection runs once more, on a fresh pooled
+    connection; a write never does, since whether it was applied is unknown.
     """
 
     def __init__(
@@ -70,7 +85,11 @@ class Database:
         *,
         connect_kwargs: Mapping[str, Any] | None = None,
         pool_kwargs: Mapping[str, Any] | None = None,
+        schema: str | None = None,
+        components: Sequence[str] = (),
     ) -> None:
+        self._schema = schema
+        self._components = tuple(components)
         self._pool: ConnectionPool[Any] | None = None
         self._connection: Connection[Any] | None = None
         self._owns_pool = False
@@ -83,28 +102,34 @@ class Database:
         # inside the caller's transaction.
         self._batcher: Batcher | None = None
         if isinstance(source, str):
-            check_conninfo(source)
-            self._conninfo = source
+            self._conninfo = check_conninfo(source)
             self._owns_pool = True
             connection_kwargs = owned_connection_kwargs(source, connect_kwargs)
             self._connection_kwargs = connection_kwargs
-            self._pool = ConnectionPool(
-                source,
-                kwargs=connection_kwargs,
-                open=False,
-                **owned_pool_kwargs(pool_kwargs),
-            )
+            try:
+                self._pool = ConnectionPool(
+                    source,
+                    kwargs=connection_kwargs,
+                    open=False,
+                    **owned_pool_kwargs(pool_kwargs),
+                )
+            except (TypeError, ValueError) as exc:  # an option the pool does not take
+                raise InvalidArgumentTypeError(f"pool_kwargs: {quote(str(exc))}") from None
             self._connect_timeout = connect_timeout(source, connection_kwargs)
             self._batcher = Batcher(self._checkout, self._checkin)
             return
-        if connect_kwargs or pool_kwargs:
-            raise TypeError("connect_kwargs and pool_kwargs apply only to a conninfo string")
+        if check_kwargs("connect_kwargs", connect_kwargs) or check_kwargs(
+            "pool_kwargs", pool_kwargs
+        ):
+            raise InvalidArgumentTypeError(
+                "connect_kwargs and pool_kwargs apply only to a conninfo string"
+            )
         if isinstance(source, ConnectionPool):
             self._pool = source
         elif isinstance(source, Connection):
             self._connection = source
         else:
-            raise TypeError(
+            raise InvalidArgumentTypeError(
                 "expected a conninfo string, a psycopg_pool.ConnectionPool or a "
                 f"psycopg.Connection, not {type(source).__name__}"
             )
@@ -122,7 +147,7 @@ class Database:
     def open(self) -> None:
         """Open an owned pool now, failing within the connect timeout if unreachable."""
         if self._closed:
-            raise ServiceClosedError("the service is closed")
+            raise ServiceClosedError()
         if not self._owns_pool or self._pool_opened:
             return
         with self._open_lock:
@@ -136,8 +161,8 @@ class Database:
                 probe = Connection.connect(self._conninfo, **self._connection_kwargs)
             except psycopg.Error as exc:
                 raise DatabaseUnavailableError(
-                    f"cannot connect to PostgreSQL at {where}: {exc}"
-                ) from None
+                    f"cannot connect to PostgreSQL at {where}: {str(exc).strip()[:500]}"
+                ) from exc
             probe.close()
             try:
                 self._pool.open(wait=True, timeout=self._connect_timeout + 1.0)
@@ -161,14 +186,16 @@ class Database:
         and two generator frames to every statement.
         """
         if self._closed:
-            raise ServiceClosedError("the service is closed")
+            raise ServiceClosedError()
         if self._owns_pool and not self._pool_opened:
             self.open()
         assert self._pool is not None
         try:
             conn: Connection[Any] = self._pool.getconn()
         except PoolClosed:
-            raise DatabaseUnavailableError("the connection pool is closed") from None
+            raise DatabaseUnavailableError(
+                "the connection pool is closed", transient=False
+            ) from None
         except PoolTimeout as exc:
             raise DatabaseUnavailableError(f"no pooled connection available: {exc}") from None
         return conn
@@ -204,29 +231,68 @@ class Database:
     @contextmanager
     def _acquire(self, mode: _Mode) -> Iterator[Connection[Any]]:
         if self._closed:
-            raise ServiceClosedError("the service is closed")
-        if self._connection is not None:
-            with self._connection_lock:
-                conn = self._connection
-                if conn.closed:
-                    raise DatabaseUnavailableError("the borrowed connection is closed")
-                if mode is _Mode.PLAIN and not conn.autocommit:
-                    mode = _Mode.TRANSACTION
-                with _scope(conn, mode):
-                    yield conn
-            return
-        conn = self._checkout()
+            raise ServiceClosedError()
         try:
-            if mode is _Mode.PLAIN and not conn.autocommit:
-                # A borrowed pool's: commit on success, roll back on error, as the
-                # pool's own context manager does (the block may commit by itself).
-                with conn:
-                    yield conn
-            else:
-                with _scope(conn, mode):
-                    yield conn
-        finally:
-            self._checkin(conn)
+            if self._connection is not None:
+                with self._connection_lock:
+                    conn = self._connection
+                    if conn.closed:
+                        raise DatabaseUnavailableError(
+                            "the borrowed connection is closed", transient=False
+                        )
+                    if mode is _Mode.PLAIN and not conn.autocommit:
+                        mode = _Mode.TRANSACTION
+                    with _scope(conn, mode):
+                        yield conn
+                return
+            conn = self._checkout()
+            try:
+                if mode is _Mode.PLAIN and not conn.autocommit:
+                    # A borrowed pool's: commit on success, roll back on error, as the
+                    # pool's own context manager does (the block may commit by itself).
+                    with conn:
+                        yield conn
+                else:
+                    with _scope(conn, mode):
+                        yield conn
+            finally:
+                self._checkin(conn)
+        except psycopg.Error as exc:  # raised by the block or by its COMMIT
+            self._raise_mapped(exc)
+            raise
+
+    def _raise_mapped(self, exc: psycopg.Error) -> None:
+        """Raise the ``pikku_pg.errors`` form of ``exc``, if it has one (else return)."""
+        mapped = database_error(exc, self._schema, self._components)
+        if mapped is not None:
+            raise mapped from exc
+
+    def _retries(self, exc: DatabaseUnavailableError, read: bool) -> bool:
+        """Whether a failed call runs once more: a read, on a pool, after a lost connection."""
+        return read and self._pool is not None and connection_lost(exc.__cause__)
+
+    def _discard_broken(self) -> None:
+        """Drop the pool's idle connections that died with the one we lost (a restart
+        or a failover ends them all), so the retry gets a live one."""
+        assert self._pool is not None
+        self._pool.check()
+
+    def _run(self, query: bytes, params: Params, row_factory: Any, fetch: Fetch) -> Any:
+        """One statement, on the batcher of an owned pool or on a connection of its own."""
+        if self._batcher is not None:
+            try:
+                return self._batcher.run(query, params, row_factory, fetch)
+            except psycopg.Error as exc:
+                self._raise_mapped(exc)
+                raise
+        with self.connection() as conn:
+            cur = conn.cursor(row_factory=row_factory)
+            cur.execute(query, params)
+            if fetch is Fetch.ALL:
+                return cur.fetchall()
+            if fetch is Fetch.ONE:
+                return cur.fetchone()
+            return cur.rowcount
 
     def fetch_all(
         self,
@@ -234,15 +300,21 @@ class Database:
         params: Params = None,
         *,
         row_factory: RowFactory[Row],
+        read: bool = False,
     ) -> list[Row]:
-        """Run one statement and return all its rows."""
-        if self._batcher is not None:
-            rows: list[Row] = self._batcher.run(query, params, row_factory, Fetch.ALL)
-            return rows
-        with self.connection() as conn:
-            cur = conn.cursor(row_factory=row_factory)
-            cur.execute(query, params)
-            return cur.fetchall()
+        """Run one statement and return all its rows.
+
+        ``read=True``: the statement only reads, so it is run again once if the
+        connection was lost.
+        """
+        try:
+            rows: list[Row] = self._run(query, params, row_factory, Fetch.ALL)
+        except DatabaseUnavailableError as exc:
+            if not self._retries(exc, read):
+                raise
+            self._discard_broken()
+            rows = self._run(query, params, row_factory, Fetch.ALL)
+        return rows
 
     def fetch_one(
         self,
@@ -250,21 +322,20 @@ class Database:
         params: Params = None,
         *,
         row_factory: RowFactory[Row],
+        read: bool = False,
     ) -> Row | None:
-        """Run one statement and return its first row, or None."""
-        if self._batcher is not None:
-            row: Row | None = self._batcher.run(query, params, row_factory, Fetch.ONE)
-            return row
-        with self.connection() as conn:
-            cur = conn.cursor(row_factory=row_factory)
-            cur.execute(query, params)
-            return cur.fetchone()
+        """Run one statement and return its first row, or None (``read``: as in
+        :meth:`fetch_all`)."""
+        try:
+            row: Row | None = self._run(query, params, row_factory, Fetch.ONE)
+        except DatabaseUnavailableError as exc:
+            if not self._retries(exc, read):
+                raise
+            self._discard_broken()
+            row = self._run(query, params, row_factory, Fetch.ONE)
+        return row
 
     def execute(self, query: bytes, params: Params = None) -> int:
-        """Run one statement and return the number of rows it touched."""
-        if self._batcher is not None:
-            count: int = self._batcher.run(query, params, None, Fetch.ROWCOUNT)
-            return count
-        with self.connection() as conn:
-            cur = conn.execute(query, params)
-            return cur.rowcount
+        """Run one statement and return the number of rows it touched (never retried)."""
+        count: int = self._run(query, params, None, Fetch.ROWCOUNT)
+        return count

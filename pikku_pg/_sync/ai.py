@@ -15,13 +15,13 @@ from typing import Any, ClassVar
 from psycopg.rows import tuple_row
 
 from pikku_pg._arrays import EMPTY_ARRAY
+from pikku_pg._check import check_list, check_text_list, quote
 from pikku_pg._json import json_text
 from pikku_pg._rows import ai as rows
 from pikku_pg._sql import ai as q
 from pikku_pg._sql import render
 from pikku_pg._sync._service import PgService
 from pikku_pg.errors import (
-    InvalidInputError,
     MessageNotFoundError,
     RunNotFoundError,
     ThreadNotFoundError,
@@ -94,7 +94,7 @@ class PgAIStorageService(PgService):
             rows.optional_text("title", title),
             None if meta is None else json_text("metadata", meta),
         )
-        with rows.translate_errors(f"create_thread({new_id!r})"):
+        with rows.translate_errors(f"create_thread({quote(new_id)})"):
             row = self._db.fetch_one(self._create_thread, params, row_factory=tuple_row)
         assert row is not None
         return trusted(
@@ -110,7 +110,7 @@ class PgAIStorageService(PgService):
     def get_thread(self, thread_id: str) -> AIThread:
         """The thread ``thread_id``; raises ``ThreadNotFoundError`` if there is none."""
         row = self._db.fetch_one(
-            self._get_thread, (rows.text("thread_id", thread_id),), row_factory=tuple_row
+            self._get_thread, (rows.text("thread_id", thread_id),), row_factory=tuple_row, read=True
         )
         if row is None:
             raise ThreadNotFoundError(thread_id)
@@ -119,7 +119,10 @@ class PgAIStorageService(PgService):
     def get_threads(self, resource_id: str) -> list[AIThread]:
         """The threads of ``resource_id``, most recently updated first."""
         found = self._db.fetch_all(
-            self._get_threads, (rows.text("resource_id", resource_id),), row_factory=tuple_row
+            self._get_threads,
+            (rows.text("resource_id", resource_id),),
+            row_factory=tuple_row,
+            read=True,
         )
         return [rows.thread_from_row(row) for row in found]
 
@@ -148,15 +151,18 @@ class PgAIStorageService(PgService):
             "limit": None if last_n is None else rows.positive_int("last_n", last_n),
         }
         if cursor is None:
-            found = self._db.fetch_all(self._get_messages, params, row_factory=tuple_row)
+            found = self._db.fetch_all(self._get_messages, params, row_factory=tuple_row, read=True)
             return rows.messages_from_rows(found)
         params["cursor"] = rows.text("cursor", cursor)
         if params["limit"] is None:
             params["limit"] = rows.DEFAULT_PAGE
-        found = self._db.fetch_all(self._get_messages_before, params, row_factory=tuple_row)
+        found = self._db.fetch_all(
+            self._get_messages_before, params, row_factory=tuple_row, read=True
+        )
         if not found:
             raise MessageNotFoundError(
-                cursor, f"cursor message {cursor!r} is not a message of thread {thread_id!r}"
+                cursor,
+                f"cursor message {quote(cursor)} is not a message of thread {quote(thread_id)}",
             )
         return rows.messages_from_rows(found)
 
@@ -175,12 +181,10 @@ class PgAIStorageService(PgService):
         call does not exist in this thread, bad values). Nothing is written on error.
         """
         tid = rows.text("thread_id", thread_id)
-        if isinstance(messages, (str, bytes, Mapping)):
-            raise InvalidInputError("messages must be a list of messages")
-        params = rows.encode_messages(tid, messages)
+        params = rows.encode_messages(tid, check_list("messages", messages, of="messages"))
         if params is None:
             return
-        with rows.translate_errors(f"save_messages({tid!r})", tid):
+        with rows.translate_errors(f"save_messages({quote(tid)})", tid):
             row = self._db.fetch_one(self._save_messages, params, row_factory=tuple_row)
         assert row is not None
         rows.check_save_verdict(tid, row)
@@ -190,7 +194,10 @@ class PgAIStorageService(PgService):
     def get_working_memory(self, id: str, scope: str) -> dict[str, Any] | None:
         """The working memory of a thread or resource (``scope``), or None."""
         row = self._db.fetch_one(
-            self._get_memory, (rows.text("id", id), rows.scope(scope)), row_factory=tuple_row
+            self._get_memory,
+            (rows.text("id", id), rows.scope(scope)),
+            row_factory=tuple_row,
+            read=True,
         )
         return None if row is None else rows.read_object(row[0])
 
@@ -245,7 +252,7 @@ class PgAIStorageService(PgService):
             if self._db.execute(query, params) == 0:
                 raise RunNotFoundError(run_id)
             return
-        with rows.translate_errors(f"update_run({run_id!r})"):
+        with rows.translate_errors(f"update_run({quote(run_id)})"):
             row = self._db.fetch_one(self._update_run, params, row_factory=tuple_row)
         assert row is not None
         if not row[0]:
@@ -265,7 +272,7 @@ class PgAIStorageService(PgService):
     def get_run(self, run_id: str) -> AgentRunState | None:
         """The run with its pending approvals, or None."""
         row = self._db.fetch_one(
-            self._get_run, (rows.text("run_id", run_id),), row_factory=tuple_row
+            self._get_run, (rows.text("run_id", run_id),), row_factory=tuple_row, read=True
         )
         return None if row is None else rows.run_from_row(row)
 
@@ -275,13 +282,17 @@ class PgAIStorageService(PgService):
             self._get_runs_by_thread,
             {"thread_id": rows.text("thread_id", thread_id)},
             row_factory=tuple_row,
+            read=True,
         )
         return [rows.run_from_row(row) for row in found]
 
     def find_run_by_tool_call_id(self, tool_call_id: str) -> AgentRunApproval | None:
         """The run waiting for approval of ``tool_call_id`` and that approval, or None."""
         row = self._db.fetch_one(
-            self._find_run, (rows.text("tool_call_id", tool_call_id),), row_factory=tuple_row
+            self._find_run,
+            (rows.text("tool_call_id", tool_call_id),),
+            row_factory=tuple_row,
+            read=True,
         )
         return None if row is None else rows.found_approval(row, tool_call_id)
 
@@ -344,19 +355,17 @@ class PgAgentRunService(PgService):
             params["resource_id"] = rows.text("resource_id", resource_id)
             query += self._by_resource
         if owners is not None:
-            if isinstance(owners, str):
-                raise InvalidInputError("owners must be a list of str, not a str")
-            params["owners"] = [rows.text("owner", owner) for owner in owners]
+            params["owners"] = check_text_list("owners", owners, item="owner")
             if not params["owners"]:
                 return []
             query += self._by_owners
-        found = self._db.fetch_all(query + self._page, params, row_factory=tuple_row)
+        found = self._db.fetch_all(query + self._page, params, row_factory=tuple_row, read=True)
         return [rows.thread_from_row(row) for row in found]
 
     def get_thread(self, thread_id: str) -> AIThread | None:
         """The thread, or None."""
         row = self._db.fetch_one(
-            self._get_thread, (rows.text("thread_id", thread_id),), row_factory=tuple_row
+            self._get_thread, (rows.text("thread_id", thread_id),), row_factory=tuple_row, read=True
         )
         return None if row is None else rows.thread_from_row(row)
 
@@ -366,13 +375,14 @@ class PgAgentRunService(PgService):
             self._get_messages,
             {"thread_id": rows.text("thread_id", thread_id), "limit": None},
             row_factory=tuple_row,
+            read=True,
         )
         return rows.messages_from_rows(found)
 
     def get_thread_runs(self, thread_id: str) -> list[AgentRunRow]:
         """The runs of a thread, newest first, with their error messages."""
         found = self._db.fetch_all(
-            self._get_runs, (rows.text("thread_id", thread_id),), row_factory=tuple_row
+            self._get_runs, (rows.text("thread_id", thread_id),), row_factory=tuple_row, read=True
         )
         return [rows.run_row_from_row(row) for row in found]
 
@@ -385,5 +395,5 @@ class PgAgentRunService(PgService):
 
     def get_distinct_agent_names(self) -> list[str]:
         """The names of the agents that have runs, sorted."""
-        found = self._db.fetch_all(self._agent_names, None, row_factory=tuple_row)
+        found = self._db.fetch_all(self._agent_names, None, row_factory=tuple_row, read=True)
         return [row[0] for row in found]

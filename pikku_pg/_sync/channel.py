@@ -85,7 +85,7 @@ class PgChannelStore(PgService):
         Raises :class:`ChannelNotFoundError` when the channel does not exist.
         """
         channel_id = check_channel_id(channel_id)
-        row = self._db.fetch_one(self._get, (channel_id,), row_factory=tuple_row)
+        row = self._db.fetch_one(self._get, (channel_id,), row_factory=tuple_row, read=True)
         if row is None:
             raise ChannelNotFoundError(channel_id)
         return channel_from_row(row)
@@ -127,5 +127,5 @@ class PgEventHubStore(PgService):
     def get_channel_ids_for_topic(self, topic: str) -> list[str]:
         """The ids of the channels subscribed to ``topic``, sorted."""
         topic = check_text("topic", topic)
-        rows = self._db.fetch_all(self._channel_ids, (topic,), row_factory=tuple_row)
+        rows = self._db.fetch_all(self._channel_ids, (topic,), row_factory=tuple_row, read=True)
         return [row[0] for row in rows]

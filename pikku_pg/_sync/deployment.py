@@ -139,7 +139,7 @@ class PgDeploymentService(PgService):
         """
         name = check_function_name(name)
         params = (text_array((name,)), self._ttl)
-        rows = self._db.fetch_all(self._find, params, row_factory=tuple_row)
+        rows = self._db.fetch_all(self._find, params, row_factory=tuple_row, read=True)
         return [deployment_from_row(row) for row in rows]
 
     def _stop_heartbeat(self) -> None:

@@ -68,6 +68,7 @@ from psycopg.conninfo import make_conninfo
 from psycopg_pool import ConnectionPool
 
 from pikku_pg._acompat import Event, Queue, gather, spawn, wait_event
+from pikku_pg._check import check_number, quote
 from pikku_pg._json import check_text
 from pikku_pg._rows.channel import (
     EventReference,
@@ -182,8 +183,8 @@ class PgEventHubService(PgEventHubStore):
             ("reconnect_delay", reconnect_delay),
             ("max_reconnect_delay", max_reconnect_delay),
         ):
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
-                raise InvalidInputError(f"{name} must be a positive number, not {value!r}")
+            if check_number(name, value) <= 0:
+                raise InvalidInputError(f"{name} must be a positive number, not {quote(value)}")
         self._listen_conninfo, self._listen_kwargs = _listener_target(
             conn, listen_conninfo, connect_kwargs
         )
@@ -243,7 +244,7 @@ class PgEventHubService(PgEventHubStore):
 
     def local_channel_ids(self, topic: str) -> list[str]:
         """The channels subscribed to ``topic`` through this service, sorted."""
-        return sorted(self._local.get(topic, ()))
+        return sorted(self._local.get(check_topic(topic), ()))
 
     def _forget(self, topic: str, channel_ids: set[str]) -> None:
         with self._local_lock:

@@ -23,6 +23,7 @@ from datetime import datetime, timezone
 from typing import Any, ClassVar, TypeVar
 
 from pikku_pg._acompat import sleep
+from pikku_pg._check import check_number, quote
 from pikku_pg._json import dumps
 from pikku_pg._rows.workflow import UNKNOWN_WIRE, encode_wire
 from pikku_pg._rows.workflow_engine import (
@@ -129,9 +130,9 @@ class PgWorkflowService(WorkflowStateStore):
             check_name("version", version)
 
         def register(fn: F) -> F:
-            _check_function(fn, f"workflow {name!r}")
+            _check_function(fn, f"workflow {quote(name)}")
             if name in self._workflows:
-                raise DuplicateRegistrationError(f"a workflow named {name!r} is registered")
+                raise DuplicateRegistrationError(f"a workflow named {quote(name)} is registered")
             self._workflows[name] = WorkflowDefinition(
                 name, fn, version or code_version(fn), code_source(fn)
             )
@@ -150,9 +151,9 @@ class PgWorkflowService(WorkflowStateStore):
             raise InvalidInputError(f"queued must be a bool, not {type(queued).__name__}")
 
         def register(fn: F) -> F:
-            _check_function(fn, f"RPC {name!r}")
+            _check_function(fn, f"RPC {quote(name)}")
             if name in self._rpcs:
-                raise DuplicateRegistrationError(f"an RPC named {name!r} is registered")
+                raise DuplicateRegistrationError(f"an RPC named {quote(name)} is registered")
             self._rpcs[name] = RpcDefinition(name, fn, queued)
             return fn
 
@@ -220,7 +221,9 @@ class PgWorkflowService(WorkflowStateStore):
         """
         defn = self._definition(name)
         if on_cancel not in ON_CANCEL:
-            raise InvalidInputError(f"on_cancel must be 'release' or 'cancel', not {on_cancel!r}")
+            raise InvalidInputError(
+                f"on_cancel must be 'release' or 'cancel', not {quote(on_cancel)}"
+            )
         text = dumps(input)  # refuses what is not JSON before anything is stored
         run_wire = WorkflowRunWire.model_validate(UNKNOWN_WIRE if wire is None else _wire(wire))
         self._ensure_version(defn)
@@ -300,10 +303,8 @@ class PgWorkflowService(WorkflowStateStore):
         suspended) and return it. Raises :class:`WorkflowTimeoutError` after
         ``timeout`` seconds, :class:`WorkflowRunNotFoundError` for an unknown run.
         """
-        if timeout is not None and (
-            isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout < 0
-        ):
-            raise InvalidInputError(f"timeout must be a non-negative number, not {timeout!r}")
+        if timeout is not None:  # NaN is refused (it would never time out); inf waits forever
+            timeout = check_number("timeout", timeout, finite=False, min=0)
         deadline = None if timeout is None else time.monotonic() + timeout
         pause = 0.005
         while True:

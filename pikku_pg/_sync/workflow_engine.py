@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 import psycopg
 
 from pikku_pg._acompat import sleep
+from pikku_pg._check import quote
 from pikku_pg._json import jsonb
 from pikku_pg._rows.workflow import serialize_exception
 from pikku_pg._rows.workflow_engine import (
@@ -334,13 +335,13 @@ class ReplayEngine:
         if workflow is None:
             # Not deployed on this process: another worker (or a later deploy) runs it.
             self.queue.reschedule(
-                job, 5.0, error_record(f"workflow {run.workflow!r} is not registered here")
+                job, 5.0, error_record(f"workflow {quote(run.workflow)} is not registered here")
             )
             return Outcome("yielded", delay=5.0)
         if run.graph_hash is not None and run.graph_hash != workflow.version:
             exc = WorkflowVersionConflictError(
                 f"run {run.id} was started by version {run.graph_hash} of workflow "
-                f"{run.workflow!r}; the registered code is version {workflow.version}"
+                f"{quote(run.workflow)}; the registered code is version {workflow.version}"
             )
             error = serialize_exception(exc)
             error["code"] = VERSION_CONFLICT
@@ -438,14 +439,15 @@ class ReplayEngine:
             rpc_name = None
         else:
             raise InvalidInputError(
-                f"step {name!r}: expected a callable or an RPC name, not {type(target).__name__}"
+                f"step {quote(name)}: expected a callable or an RPC name, "
+                f"not {type(target).__name__}"
             )
         step = state.steps.get(name)
         if step is not None:
             if step.rpc_name != rpc_name:
                 raise _fatal(
                     NonDeterminismError(
-                        f"step {name!r} of run {state.run.id} was recorded with "
+                        f"step {quote(name)} of run {state.run.id} was recorded with "
                         f"{_describe(step.rpc_name)}, but the workflow now asks for "
                         f"{_describe(rpc_name)}: the code changed under a running run"
                     ),
@@ -458,7 +460,7 @@ class ReplayEngine:
         if rpc_name is not None and rpc is None:
             raise _Suspend(
                 error_record(
-                    f"step {name!r}: no RPC named {rpc_name!r} is registered "
+                    f"step {quote(name)}: no RPC named {quote(rpc_name)} is registered "
                     "(deploy it, then resume the run)",
                     code=RPC_NOT_FOUND,
                     name="RpcNotFoundError",
@@ -482,7 +484,7 @@ class ReplayEngine:
                     raise _Cancelled()
             except InvalidInputError as exc:
                 raise _Fatal(
-                    error_record(f"step {name!r}: {exc}", name="InvalidInputError")
+                    error_record(f"step {quote(name)}: {exc}", name="InvalidInputError")
                 ) from None
             except StepExistsError as exc:
                 # Another pass stored it meanwhile (a worker that lost its lease):
@@ -539,7 +541,7 @@ class ReplayEngine:
                 self.queue.set_step_result(state.job, step_id, result)
             except InvalidInputError as exc:
                 error = error_record(
-                    f"step {name!r} returned a value that cannot be stored: {exc}",
+                    f"step {quote(name)} returned a value that cannot be stored: {exc}",
                     name="InvalidInputError",
                 )
                 self.queue.set_step_error(state.job, step_id, error)
@@ -554,7 +556,7 @@ class ReplayEngine:
             if step.rpc_name is not None:
                 raise _fatal(
                     NonDeterminismError(
-                        f"step {name!r} of run {state.run.id} was recorded with "
+                        f"step {quote(name)} of run {state.run.id} was recorded with "
                         f"{_describe(step.rpc_name)}, but the workflow now sleeps there"
                     ),
                     NON_DETERMINISTIC,
@@ -655,7 +657,8 @@ class ReplayEngine:
                     job,
                     step.step_id,
                     error_record(
-                        f"step {job.step_name!r} returned a value that cannot be stored: {exc}",
+                        f"step {quote(job.step_name)} returned a value that cannot be "
+                        f"stored: {exc}",
                         name="InvalidInputError",
                     ),
                 )
@@ -665,4 +668,4 @@ class ReplayEngine:
 
 
 def _describe(rpc_name: str | None) -> str:
-    return "an inline function" if rpc_name is None else f"RPC {rpc_name!r}"
+    return "an inline function" if rpc_name is None else f"RPC {quote(rpc_name)}"

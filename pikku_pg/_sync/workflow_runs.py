@@ -40,7 +40,7 @@ def fetch_run(db: Database, q: WorkflowQueries, run_id: object) -> WorkflowRun |
     rid = maybe_run_uuid(run_id)
     if rid is None:
         return None
-    row = db.fetch_one(q.get_run, {"run_id": rid}, row_factory=dict_row)
+    row = db.fetch_one(q.get_run, {"run_id": rid}, row_factory=dict_row, read=True)
     return None if row is None else run_from_row(row)
 
 
@@ -48,7 +48,11 @@ def _rows_of_run(db: Database, query: bytes, run_id: object, row_factory: Any) -
     """The rows of a per-run query whose run comes back as one row of NULLs when it has
     nothing else; raises ``WorkflowRunNotFoundError`` for no row at all."""
     rid = maybe_run_uuid(run_id)
-    rows = [] if rid is None else db.fetch_all(query, {"run_id": rid}, row_factory=row_factory)
+    rows = (
+        []
+        if rid is None
+        else db.fetch_all(query, {"run_id": rid}, row_factory=row_factory, read=True)
+    )
     if not rows:
         raise WorkflowRunNotFoundError(run_id)
     return rows
@@ -77,7 +81,7 @@ def fetch_workflow_version(
         "name": check_text("workflow name", name),
         "graph_hash": check_text("graph_hash", graph_hash),
     }
-    row = db.fetch_one(q.get_version, params, row_factory=dict_row)
+    row = db.fetch_one(q.get_version, params, row_factory=dict_row, read=True)
     return None if row is None else version_from_row(row)
 
 
@@ -104,8 +108,9 @@ class PgWorkflowRunService(PgService):
     ) -> list[WorkflowRun]:
         """Runs newest first, optionally of one workflow and/or in one status."""
         params: dict[str, Any] = {
-            "limit": check_int("limit", limit, maximum=2**63 - 1),
-            "offset": check_int("offset", offset, maximum=2**63 - 1),
+            # Bounded like every page argument (pikku_pg._check.MAX_INT4).
+            "limit": check_int("limit", limit),
+            "offset": check_int("offset", offset),
         }
         if workflow_name is not None:
             params["workflow"] = check_text("workflow_name", workflow_name)
@@ -116,7 +121,7 @@ class PgWorkflowRunService(PgService):
             query = q.list_runs_by_both if status is not None else q.list_runs_by_workflow
         else:
             query = q.list_runs_by_status if status is not None else q.list_runs
-        rows = self._db.fetch_all(query, params, row_factory=dict_row)
+        rows = self._db.fetch_all(query, params, row_factory=dict_row, read=True)
         return [run_from_row(r) for r in rows]
 
     def get_run(self, run_id: str) -> WorkflowRun | None:
@@ -139,7 +144,7 @@ class PgWorkflowRunService(PgService):
 
     def get_distinct_workflow_names(self) -> list[str]:
         """The names of the workflows that have runs, sorted."""
-        rows = self._db.fetch_all(self._q.distinct_workflow_names, row_factory=tuple_row)
+        rows = self._db.fetch_all(self._q.distinct_workflow_names, row_factory=tuple_row, read=True)
         return [r[0] for r in rows]
 
     def get_workflow_version(self, name: str, graph_hash: str) -> WorkflowVersion | None:

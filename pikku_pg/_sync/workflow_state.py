@@ -23,6 +23,7 @@ from typing import Any, ClassVar
 import psycopg
 from psycopg.rows import dict_row, tuple_row
 
+from pikku_pg._check import quote
 from pikku_pg._json import check_text, jsonb
 from pikku_pg._rows.workflow import (
     check_bool,
@@ -193,7 +194,8 @@ class WorkflowStateStore(PgService):
         state = self.find_step_state(run_id, step_name)
         if state is None:
             raise StepNotFoundError(
-                (run_id, step_name), f"workflow run {run_id!r} has no step named {step_name!r}"
+                (run_id, step_name),
+                f"workflow run {quote(run_id)} has no step named {quote(step_name)}",
             )
         return state
 
@@ -204,7 +206,10 @@ class WorkflowStateStore(PgService):
         if rid is None:
             return None
         row = self._db.fetch_one(
-            self._q.get_step_state, {"run_id": rid, "step_name": step_name}, row_factory=dict_row
+            self._q.get_step_state,
+            {"run_id": rid, "step_name": step_name},
+            row_factory=dict_row,
+            read=True,
         )
         return None if row is None else step_state_from_row(row)
 
@@ -304,7 +309,9 @@ class WorkflowStateStore(PgService):
         rows = (
             []
             if rid is None
-            else self._db.fetch_all(query, {"run_id": rid, **params}, row_factory=dict_row)
+            else self._db.fetch_all(
+                query, {"run_id": rid, **params}, row_factory=dict_row, read=True
+            )
         )
         if not rows:
             raise WorkflowRunNotFoundError(run_id)
@@ -335,7 +342,9 @@ class WorkflowStateStore(PgService):
     def get_run_state(self, run_id: str) -> dict[str, Any]:
         """A run's state values by name (TypeScript's JSON-string values decoded)."""
         rid = run_uuid(run_id)
-        row = self._db.fetch_one(self._q.get_run_state, {"run_id": rid}, row_factory=tuple_row)
+        row = self._db.fetch_one(
+            self._q.get_run_state, {"run_id": rid}, row_factory=tuple_row, read=True
+        )
         if row is None:
             raise WorkflowRunNotFoundError(run_id)
         return decode_state(row[0])
@@ -389,7 +398,7 @@ class WorkflowStateStore(PgService):
         ``connect_kwargs={"prepare_threshold": None}``).
         """
         key = f"pikku_pg:{self._schema}:workflow:run:{run_uuid(run_id)}"
-        return self._lock(key, timeout, f"workflow run {run_id!r}")
+        return self._lock(key, timeout, f"workflow run {quote(run_id)}")
 
     def step_lock(
         self, run_id: str, step_name: str, *, timeout: float | None = None
@@ -398,7 +407,7 @@ class WorkflowStateStore(PgService):
         rid = run_uuid(run_id)
         check_text("step_name", step_name)
         key = f"pikku_pg:{self._schema}:workflow:step:{rid}:{step_name}"
-        return self._lock(key, timeout, f"step {step_name!r} of workflow run {run_id!r}")
+        return self._lock(key, timeout, f"step {quote(step_name)} of workflow run {quote(run_id)}")
 
     @contextmanager
     def _lock(self, key: str, timeout: float | None, what: str) -> Iterator[None]:

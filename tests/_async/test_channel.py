@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
-from psycopg import AsyncConnection, errors
+from psycopg import AsyncConnection
 from psycopg import sql as pgsql
 from pydantic import BaseModel
 
@@ -17,6 +17,7 @@ from pikku_pg.errors import (
     ChannelNotFoundError,
     InvalidInputError,
     InvalidSchemaNameError,
+    SchemaNotInitializedError,
     ServiceClosedError,
 )
 from pikku_pg.models.channel import Channel
@@ -316,8 +317,9 @@ async def test_subscribe_raises_database_errors_other_than_a_missing_channel(
     await admin_conn.execute(
         pgsql.SQL("DROP TABLE {}.channel_subscriptions").format(pgsql.Identifier(hub.schema))
     )
-    with pytest.raises(errors.UndefinedTable):
+    with pytest.raises(SchemaNotInitializedError, match="channel_subscriptions") as raised:
         await hub.subscribe("news", "c1")
+    assert raised.value.schema == hub.schema and raised.value.components == ("channel",)
 
 
 async def test_topic_lookup_uses_the_topic_index(

@@ -8,7 +8,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from psycopg import Connection, errors
+from psycopg import Connection
 from psycopg import sql as pgsql
 from pydantic import BaseModel
 
@@ -18,6 +18,7 @@ from pikku_pg.errors import (
     ChannelNotFoundError,
     InvalidInputError,
     InvalidSchemaNameError,
+    SchemaNotInitializedError,
     ServiceClosedError,
 )
 from pikku_pg.models.channel import Channel
@@ -315,8 +316,9 @@ def test_subscribe_raises_database_errors_other_than_a_missing_channel(
     admin_conn.execute(
         pgsql.SQL("DROP TABLE {}.channel_subscriptions").format(pgsql.Identifier(hub.schema))
     )
-    with pytest.raises(errors.UndefinedTable):
+    with pytest.raises(SchemaNotInitializedError, match="channel_subscriptions") as raised:
         hub.subscribe("news", "c1")
+    assert raised.value.schema == hub.schema and raised.value.components == ("channel",)
 
 
 def test_topic_lookup_uses_the_topic_index(
