@@ -34,7 +34,7 @@ from pikku_pg._async.workflow_leases import AsyncLeaseKeeper
 from pikku_pg._async.workflow_queue import AsyncWorkflowQueue, Job
 from pikku_pg._async.workflow_state import AsyncWorkflowStateStore
 from pikku_pg._async.workflow_worker import AsyncWorkflowWorker, listener_target
-from pikku_pg._check import check_number, quote
+from pikku_pg._check import check_number, check_text_list, quote
 from pikku_pg._json import dumps
 from pikku_pg._rows.workflow import UNKNOWN_WIRE, encode_wire
 from pikku_pg._rows.workflow_engine import (
@@ -398,9 +398,7 @@ class AsyncPgWorkflowService(AsyncWorkflowStateStore):
         held by a worker or an inline caller, waiting for a worker, scheduled for
         later, or with no owner at all. Ids that name no run are left out; the
         entries of runs that are not running say nothing useful."""
-        if isinstance(run_ids, str):
-            raise InvalidInputError("run_ids must be a list of run ids, not a str")
-        return await self._queue.run_activity(list(run_ids))
+        return await self._queue.run_activity(check_text_list("run_ids", run_ids))
 
     async def get_run_jobs(self, run_id: str) -> list[dict[str, Any]]:
         """The queued jobs of a run (kind, status, run_at, attempts, last_error...)."""

@@ -23,7 +23,7 @@ from datetime import datetime, timezone
 from typing import Any, ClassVar, TypeVar
 
 from pikku_pg._acompat import sleep
-from pikku_pg._check import check_number, quote
+from pikku_pg._check import check_number, check_text_list, quote
 from pikku_pg._json import dumps
 from pikku_pg._rows.workflow import UNKNOWN_WIRE, encode_wire
 from pikku_pg._rows.workflow_engine import (
@@ -397,9 +397,7 @@ class PgWorkflowService(WorkflowStateStore):
         held by a worker or an inline caller, waiting for a worker, scheduled for
         later, or with no owner at all. Ids that name no run are left out; the
         entries of runs that are not running say nothing useful."""
-        if isinstance(run_ids, str):
-            raise InvalidInputError("run_ids must be a list of run ids, not a str")
-        return self._queue.run_activity(list(run_ids))
+        return self._queue.run_activity(check_text_list("run_ids", run_ids))
 
     def get_run_jobs(self, run_id: str) -> list[dict[str, Any]]:
         """The queued jobs of a run (kind, status, run_at, attempts, last_error...)."""
