@@ -21,12 +21,13 @@ sleep and wait out retry delays in the caller instead of yielding.
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import psycopg
 
@@ -60,7 +61,7 @@ from pikku_pg.errors import (
     StepFailedError,
     WorkflowVersionConflictError,
 )
-from pikku_pg.models.workflow import WorkflowRun, WorkflowRunStep
+from pikku_pg.models.workflow import StepStatus, WorkflowRun, WorkflowRunStep
 
 if TYPE_CHECKING:
     from pikku_pg._async.workflow_state import AsyncWorkflowStateStore
@@ -90,17 +91,46 @@ class RpcDefinition:
     queued: bool
 
 
+@dataclass(frozen=True)
+class StepCall:
+    """One ``ctx.do`` call, checked: what to run and how to retry it."""
+
+    name: str
+    #: The step function, or the name of a registered RPC.
+    target: str | Callable[..., Any]
+    data: Any
+    retries: int
+    #: As stored (``"2s"``, milliseconds as text), and in seconds.
+    retry_delay: str | None
+    base_delay: float
+    backoff: str
+    rpc_name: str | None
+    #: The registered RPC (None for a callable, or an RPC name not registered here).
+    rpc: RpcDefinition | None
+
+    def queued_in(self, state: _Pass) -> bool:
+        """Whether a worker runs this step as a separate step job (queued RPCs of
+        queued runs; inline runs run every step in the caller)."""
+        return self.rpc is not None and self.rpc.queued and not state.inline
+
+
+#: How a pass can leave a run: a status it moved the run to (or found it in)...
+RunEnd = Literal["completed", "failed", "suspended", "cancelled", "running"]
+#: ...or no status change: no such run, the run continues later, the worker stops.
+PassStop = Literal["missing", "yielded", "handed_back"]
+
+
 @dataclass
 class Outcome:
     """How a replay pass ended.
 
-    ``status`` is a run status (``completed``, ``failed``, ``suspended``,
-    ``cancelled``, ``running``) or ``"yielded"`` (the run continues later:
-    ``delay`` seconds, or None when a step job will queue the next replay) or
-    ``"handed_back"`` (the worker is stopping).
+    ``status`` is a run status (:data:`RunEnd`) or a :data:`PassStop`:
+    ``"yielded"`` (the run continues later: ``delay`` seconds, or None when a step
+    job will queue the next replay), ``"handed_back"`` (the worker is stopping) or
+    ``"missing"`` (the run was deleted).
     """
 
-    status: str
+    status: RunEnd | PassStop
     output: Any = None
     error: dict[str, Any] | None = None
     delay: float | None = None
@@ -160,7 +190,7 @@ class _Fatal(_Signal):
         self.error = error
 
 
-async def call(fn: Callable[..., Any], *args: Any) -> Any:
+async def invoke(fn: Callable[..., Any], *args: Any) -> Any:
     """Call a workflow, RPC or step function of this flavour."""
     result = fn(*args)
     if True:  # ASYNC
@@ -247,10 +277,11 @@ class AsyncWorkflowContext:
         When no attempt is left this raises :class:`StepFailedError`. An RPC name
         that is not registered suspends the run with code ``RPC_NOT_FOUND``.
         """
+        call = self._engine.step_call(
+            step_name, fn_or_rpc_name, data, retries, retry_delay, backoff
+        )
         try:
-            return await self._engine.do_step(
-                self._state, step_name, fn_or_rpc_name, data, retries, retry_delay, backoff
-            )
+            return await self._engine.do_step(self._state, call)
         except _DATABASE_DOWN as exc:
             raise _Unavailable(exc) from exc
 
@@ -351,35 +382,34 @@ class AsyncReplayEngine:
             return await self._settle(Outcome("failed", error=error), job, inline)
         steps = {} if fresh else {s.step_name: s for s in await self.store.get_run_steps(run.id)}
         state = _Pass(run, steps, job, inline, should_stop)
+        outcome = await self._run_pass(workflow, state)
+        return await self._settle(outcome, job, inline)
+
+    async def _run_pass(self, workflow: WorkflowDefinition, state: _Pass) -> Outcome:
+        """Call the workflow function from the start; how it stopped, as an outcome."""
         ctx = AsyncWorkflowContext(self, state)
         try:
-            output = await call(workflow.fn, ctx, run.input)
+            output = await invoke(workflow.fn, ctx, state.run.input)
         except _Suspend as sig:
-            outcome = Outcome("suspended", error=sig.error)
+            return Outcome("suspended", error=sig.error)
         except _Yield as sig:
-            outcome = Outcome("yielded", delay=sig.delay)
+            return Outcome("yielded", delay=sig.delay)
         except _Cancelled:
-            outcome = Outcome("cancelled")
+            return Outcome("cancelled")
         except _HandBack:
-            outcome = Outcome("handed_back")
+            return Outcome("handed_back")
         except _Fatal as sig:
-            outcome = Outcome("failed", error=sig.error)
+            return Outcome("failed", error=sig.error)
         except _Unavailable as sig:
             raise sig.error from None
         except Exception as exc:
-            outcome = Outcome("failed", error=exception_record(exc))
-        else:
-            try:
-                jsonb(output)
-                outcome = Outcome("completed", output=output)
-            except InvalidInputError as exc:
-                outcome = Outcome(
-                    "failed",
-                    error=error_record(
-                        f"the workflow output cannot be stored: {exc}", name="InvalidInputError"
-                    ),
-                )
-        return await self._settle(outcome, job, inline)
+            return Outcome("failed", error=exception_record(exc))
+        try:
+            jsonb(output)
+        except InvalidInputError as exc:
+            message = f"the workflow output cannot be stored: {exc}"
+            return Outcome("failed", error=error_record(message, name="InvalidInputError"))
+        return Outcome("completed", output=output)
 
     async def _settle(self, outcome: Outcome, job: Job, inline: bool) -> Outcome:
         """Store how a pass ended (run status, job ack or reschedule)."""
@@ -420,136 +450,206 @@ class AsyncReplayEngine:
 
     # ------------------------------------------------------------------ steps
 
-    async def do_step(
+    def step_call(
         self,
-        state: _Pass,
         step_name: str,
         target: str | Callable[..., Any],
         data: Any,
         retries: int | None,
         retry_delay: float | str | None,
         backoff: str,
-    ) -> Any:
+    ) -> StepCall:
+        """A ``ctx.do`` call, checked (bad values raise InvalidInputError)."""
         name = check_name("step", step_name)
-        n_retries = check_retries(retries)
-        delay_text = retry_delay_text(retry_delay)
-        backoff = check_backoff(backoff)
-        rpc: RpcDefinition | None = None
+        rpc_name: str | None = None
         if isinstance(target, str):
-            rpc_name: str | None = check_name("RPC", target)
-            rpc = self._rpcs.get(target)
-        elif callable(target):
-            rpc_name = None
-        else:
+            rpc_name = check_name("RPC", target)
+        elif not callable(target):
             raise InvalidInputError(
                 f"step {quote(name)}: expected a callable or an RPC name, "
                 f"not {type(target).__name__}"
             )
-        step = state.steps.get(name)
+        delay_text = retry_delay_text(retry_delay)
+        return StepCall(
+            name=name,
+            target=target,
+            data=data,
+            retries=check_retries(retries),
+            retry_delay=delay_text,
+            base_delay=parse_retry_delay(delay_text),
+            backoff=check_backoff(backoff),
+            rpc_name=rpc_name,
+            rpc=None if rpc_name is None else self._rpcs.get(rpc_name),
+        )
+
+    async def do_step(self, state: _Pass, call: StepCall) -> Any:
+        """One ``ctx.do``: the stored result of a step that succeeded, or the step run
+        now, its failures retried, its result stored.
+
+        The machine, per step: *new* (stored as running, or pending for a queued
+        RPC) → attempts (each failure recorded, then a retry now, after a delay, or
+        :class:`StepFailedError` when none is left) → *succeeded* (final). A step
+        found *running* or *failed* (its runner died, or the retry was not recorded)
+        gets a new attempt; one found *scheduled* waits out its retry delay first.
+        """
+        step = self._resolve(state, call)
+        if step is not None and step.status == "succeeded":
+            return step.result
+        status: StepStatus | Literal["started"]
+        if step is None:
+            await self._boundary(state, check_db=False)
+            step_id = await self._create(state, call)
+            attempt, data = 1, call.data
+            status = "pending" if call.queued_in(state) else "started"
+        else:
+            await self._boundary(state)
+            step_id, attempt, data, status = (
+                step.step_id,
+                step.attempt_count,
+                step.data,
+                step.status,
+            )
+        if call.queued_in(state):
+            if status == "pending":
+                await self.queue.set_step_scheduled(state.job, step_id)
+            # Idempotent: one job per step; the step job queues the next replay.
+            await self.queue.enqueue_step(state.job, call.name, backoff=call.backoff)
+            raise _Yield(None)
+        attempt = await self._start_attempt(state, call, step, step_id, attempt, status)
+        return await self._attempts(state, call, step_id, attempt, data)
+
+    def _resolve(self, state: _Pass, call: StepCall) -> WorkflowRunStep | None:
+        """The step stored under the call's name (None: a new step).
+
+        Raises for a replay that asks for another step than the one recorded, a
+        step with no attempt left, or an RPC that is not registered (unless the
+        step already succeeded: its stored result stands).
+        """
+        step = state.steps.get(call.name)
         if step is not None:
-            if step.rpc_name != rpc_name:
+            if step.rpc_name != call.rpc_name:
                 raise _fatal(
                     NonDeterminismError(
-                        f"step {quote(name)} of run {state.run.id} was recorded with "
+                        f"step {quote(call.name)} of run {state.run.id} was recorded with "
                         f"{_describe(step.rpc_name)}, but the workflow now asks for "
-                        f"{_describe(rpc_name)}: the code changed under a running run"
+                        f"{_describe(call.rpc_name)}: the code changed under a running run"
                     ),
                     NON_DETERMINISTIC,
                 )
             if step.status == "succeeded":
-                return step.result
+                return step
             if step.status == "failed" and step.attempt_count >= 1 + (step.retries or 0):
-                raise StepFailedError(name, stored_error_dict(step.error))
-        if rpc_name is not None and rpc is None:
+                raise StepFailedError(call.name, stored_error_dict(step.error))
+        if call.rpc_name is not None and call.rpc is None:
             raise _Suspend(
                 error_record(
-                    f"step {quote(name)}: no RPC named {quote(rpc_name)} is registered "
+                    f"step {quote(call.name)}: no RPC named {quote(call.rpc_name)} is registered "
                     "(deploy it, then resume the run)",
                     code=RPC_NOT_FOUND,
                     name="RpcNotFoundError",
                 )
             )
-        if step is None:
-            await self._boundary(state, check_db=False)
-            queued = rpc is not None and rpc.queued and not state.inline
-            try:
-                # Checks the run is still running; a step run here is stored running.
-                step_id = await self.queue.begin_step(
-                    state.job,
-                    name,
-                    rpc_name,
-                    data,
-                    retries=n_retries,
-                    retry_delay=delay_text,
-                    running=not queued,
-                )
-                if step_id is None:
-                    raise _Cancelled()
-            except InvalidInputError as exc:
-                raise _Fatal(
-                    error_record(f"step {quote(name)}: {exc}", name="InvalidInputError")
-                ) from None
-            except StepExistsError as exc:
-                # Another pass stored it meanwhile (a worker that lost its lease):
-                # stop this pass; the job runs again with the stored steps.
-                raise _Unavailable(exc) from None
-            attempt = 1
-            status = "pending" if queued else "started"
-        else:
-            await self._boundary(state)
-            step_id, attempt, status = step.step_id, step.attempt_count, step.status
-            data = step.data
-        if rpc is not None and rpc.queued and not state.inline:
-            if status == "pending":
-                await self.queue.set_step_scheduled(state.job, step_id)
-            # Idempotent: one job per step; the step job queues the next replay.
-            await self.queue.enqueue_step(state.job, name, backoff=backoff)
-            raise _Yield(None)
-        fn: Callable[..., Any] = rpc.fn if rpc is not None else target  # type: ignore[assignment]
-        base_delay = parse_retry_delay(delay_text)
+        return step
+
+    async def _create(self, state: _Pass, call: StepCall) -> str:
+        """Store a new step (running, or pending for a queued RPC); returns its id."""
+        try:
+            # Checks the run is still running, under the pass's lease.
+            step_id = await self.queue.begin_step(
+                state.job,
+                call.name,
+                call.rpc_name,
+                call.data,
+                retries=call.retries,
+                retry_delay=call.retry_delay,
+                running=not call.queued_in(state),
+            )
+        except InvalidInputError as exc:
+            raise _Fatal(
+                error_record(f"step {quote(call.name)}: {exc}", name="InvalidInputError")
+            ) from None
+        except StepExistsError as exc:
+            # Another pass stored it meanwhile: stop this pass; the job runs again
+            # with the stored steps.
+            raise _Unavailable(exc) from None
+        if step_id is None:
+            raise _Cancelled()
+        return step_id
+
+    async def _start_attempt(
+        self,
+        state: _Pass,
+        call: StepCall,
+        step: WorkflowRunStep | None,
+        step_id: str,
+        attempt: int,
+        status: StepStatus | Literal["started"],
+    ) -> int:
+        """Make the step's current attempt the running one; returns its number."""
+        if status == "started":  # just created, already running
+            return attempt
         if status == "scheduled":
             # A retry waiting for its delay: run it once the delay is over.
             assert step is not None
-            wait = backoff_delay(base_delay, attempt - 1, backoff)
+            wait = backoff_delay(call.base_delay, attempt - 1, call.backoff)
             remaining = (step.updated_at.timestamp() + wait) - _utcnow().timestamp()
             if remaining > 0:
                 if not state.inline:
                     raise _Yield(remaining)
                 await asleep(remaining)
-            await self.queue.set_step_running(state.job, step_id)
         elif status in ("running", "failed"):
-            # Running: its worker died mid-attempt. Failed: the retry was not
+            # Running: its runner died mid-attempt. Failed: the retry was not
             # recorded yet. Either way: a new attempt.
-            attempt = await self.queue.retry_attempt(state.job, step_id, "running")
-        elif status != "started":
-            await self.queue.set_step_running(state.job, step_id)
+            return await self.queue.retry_attempt(state.job, step_id, "running")
+        await self.queue.set_step_running(state.job, step_id)
+        return attempt
+
+    async def _attempts(
+        self, state: _Pass, call: StepCall, step_id: str, attempt: int, data: Any
+    ) -> Any:
+        """Run the step's attempts from ``attempt`` on; returns the stored result."""
+        fn: Callable[..., Any] = call.rpc.fn if call.rpc is not None else call.target  # type: ignore[assignment]
         while True:
             try:
-                result = await call(fn, data)
+                result = await invoke(fn, data)
             except Exception as exc:
-                await self.queue.set_step_error(state.job, step_id, exc)
-                if attempt >= 1 + n_retries:
-                    raise StepFailedError(name, serialize_exception(exc)) from exc
-                wait = backoff_delay(base_delay, attempt, backoff)
+                if not await self._record_failure(state.job, step_id, exc, attempt, call.retries):
+                    raise StepFailedError(call.name, serialize_exception(exc)) from exc
+                wait = backoff_delay(call.base_delay, attempt, call.backoff)
                 if wait > 0 and not state.inline:
-                    await self.queue.retry_attempt(state.job, step_id, "pending")
-                    await self.queue.set_step_scheduled(state.job, step_id)
+                    await self._park_retry(state.job, step_id)
                     raise _Yield(wait) from None
                 if wait > 0:
                     await asleep(wait)
                 await self._boundary(state)
                 attempt = await self.queue.retry_attempt(state.job, step_id, "running")
                 continue
-            try:
-                await self.queue.set_step_result(state.job, step_id, result)
-            except InvalidInputError as exc:
-                error = error_record(
-                    f"step {quote(name)} returned a value that cannot be stored: {exc}",
-                    name="InvalidInputError",
-                )
-                await self.queue.set_step_error(state.job, step_id, error)
-                raise _Fatal(error) from None
+            await self._store_result(state.job, step_id, call.name, result)
             return result
+
+    async def _record_failure(
+        self, job: Job, step_id: str, exc: Exception, attempt: int, retries: int | None
+    ) -> bool:
+        """Store a failed attempt; returns whether another attempt is left."""
+        await self.queue.set_step_error(job, step_id, exc)
+        return attempt < 1 + (retries or 0)
+
+    async def _park_retry(self, job: Job, step_id: str) -> None:
+        """A retry that waits for its delay: a new pending attempt, scheduled."""
+        await self.queue.retry_attempt(job, step_id, "pending")
+        await self.queue.set_step_scheduled(job, step_id)
+
+    async def _store_result(self, job: Job, step_id: str, name: str, result: Any) -> None:
+        """Store a step's result; one that cannot be stored fails the run."""
+        try:
+            await self.queue.set_step_result(job, step_id, result)
+        except InvalidInputError as exc:
+            error = error_record(
+                f"step {quote(name)} returned a value that cannot be stored: {exc}",
+                name="InvalidInputError",
+            )
+            await self.queue.set_step_error(job, step_id, error)
+            raise _Fatal(error) from None
 
     async def sleep_step(self, state: _Pass, step_name: str, duration: float | str) -> None:
         name = check_name("step", step_name)
@@ -643,28 +743,18 @@ class AsyncReplayEngine:
             attempt = step.attempt_count
             await self.queue.set_step_running(job, step.step_id)
         try:
-            result = await call(rpc.fn, step.data)
+            result = await invoke(rpc.fn, step.data)
         except Exception as exc:
-            await self.queue.set_step_error(job, step.step_id, exc)
-            if attempt < 1 + (step.retries or 0):
-                await self.queue.retry_attempt(job, step.step_id, "pending")
-                await self.queue.set_step_scheduled(job, step.step_id)
+            if await self._record_failure(job, step.step_id, exc, attempt, step.retries):
+                await self._park_retry(job, step.step_id)
                 delay = backoff_delay(parse_retry_delay(step.retry_delay), attempt, job.backoff)
                 await self.queue.reschedule(job, delay)
                 return True
         else:
-            try:
-                await self.queue.set_step_result(job, step.step_id, result)
-            except InvalidInputError as exc:
-                await self.queue.set_step_error(
-                    job,
-                    step.step_id,
-                    error_record(
-                        f"step {quote(job.step_name)} returned a value that cannot be "
-                        f"stored: {exc}",
-                        name="InvalidInputError",
-                    ),
-                )
+            # A result that cannot be stored is recorded as the step's error: the
+            # replay then fails the run.
+            with contextlib.suppress(_Fatal):
+                await self._store_result(job, step.step_id, job.step_name, result)
         await self.queue.enqueue_replay(job)
         await self.queue.ack(job)
         return True
