@@ -286,7 +286,8 @@ WHERE s.workflow_run_id = %(run_id)s AND s.step_name = %(step_name)s
 # A step transition changes the step row and its current history row in one
 # statement. A succeeded step is final: ``{guard}`` refuses it (the state store lets a
 # caller overwrite it explicitly; a fenced engine write never does). The row says how
-# it went: (rows changed, the step's status before, whether the writer's lease held).
+# it went: (rows changed, the step's status when nothing changed, whether the writer's
+# lease held).
 # ``{fence}`` is empty for the state store's public writes; the engine's writes put the
 # lease check of ``pikku_pg._sql.workflow_queue`` there.
 _TRANSITION = """\
@@ -299,7 +300,9 @@ WITH {fence}s AS (
   {history}
 )
 SELECT (SELECT count(*) FROM s),
-       (SELECT status::text FROM {schema}.workflow_step WHERE workflow_step_id = %(step_id)s),
+       CASE WHEN NOT EXISTS (SELECT FROM s) THEN
+         (SELECT status::text FROM {schema}.workflow_step WHERE workflow_step_id = %(step_id)s)
+       END,
        {fenced}"""
 
 _UPDATE_HISTORY = (
