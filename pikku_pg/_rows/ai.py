@@ -22,11 +22,12 @@ from pikku_pg._arrays import text_array, timestamp_array
 from pikku_pg._check import (
     MAX_INT4,
     check_int,
+    check_optional_text,
     quote,
     quote_all,
     validation_summary,
 )
-from pikku_pg._json import check_text, dumps, json_text
+from pikku_pg._json import check_text, dumps, json_text, read_list, read_object
 from pikku_pg.errors import ConflictError, InvalidInputError, ThreadNotFoundError
 from pikku_pg.models._base import trusted
 from pikku_pg.models.ai import (
@@ -62,11 +63,6 @@ _CONTENT_PARTS: TypeAdapter[list[ContentPart]] = TypeAdapter(list[ContentPart])
 
 
 text = check_text
-
-
-def optional_text(field: str, value: object) -> str | None:
-    """``text`` that may be None."""
-    return None if value is None else text(field, value)
 
 
 def positive_int(field: str, value: object) -> int:
@@ -180,18 +176,6 @@ def read_structured(value: Any) -> Any:
         if isinstance(parsed, (dict, list)):
             return parsed
     return value
-
-
-def read_object(value: Any) -> dict[str, Any] | None:
-    """A JSONB object (or a JSON string of one); anything else reads as None."""
-    value = read_structured(value)
-    return value if isinstance(value, dict) else None
-
-
-def read_list(value: Any) -> list[Any] | None:
-    """A JSONB list (or a JSON string of one); anything else reads as None."""
-    value = read_structured(value)
-    return value if isinstance(value, list) else None
 
 
 # --- threads ---------------------------------------------------------------------------------
@@ -403,7 +387,7 @@ def encode_new_run(raw: object) -> dict[str, Any]:
         "thread_id": text("thread_id", run.thread_id),
         "resource_id": text("resource_id", run.resource_id),
         "status": run.status,
-        "error_message": optional_text("error_message", run.error_message),
+        "error_message": check_optional_text("error_message", run.error_message),
         "suspend_reason": run.suspend_reason,
         "missing_rpcs": _missing_rpcs(run.missing_rpcs),
         "created_at": _utc(run.created_at),
@@ -428,7 +412,7 @@ def encode_run_update(run_id: str, raw: object) -> dict[str, Any]:
         "set_status": "status" in given,
         "status": update.status,
         "set_error_message": "error_message" in given,
-        "error_message": optional_text("error_message", update.error_message),
+        "error_message": check_optional_text("error_message", update.error_message),
         "set_suspend_reason": "suspend_reason" in given,
         "suspend_reason": update.suspend_reason,
         "set_missing_rpcs": "missing_rpcs" in given,

@@ -15,8 +15,8 @@ from typing import Any, ClassVar
 from psycopg.rows import tuple_row
 
 from pikku_pg._arrays import EMPTY_ARRAY
-from pikku_pg._check import check_list, check_text_list, quote
-from pikku_pg._json import json_text
+from pikku_pg._check import check_list, check_optional_text, check_text_list, quote
+from pikku_pg._json import json_text, read_object
 from pikku_pg._rows import ai as rows
 from pikku_pg._sql import ai as q
 from pikku_pg._sql import render
@@ -91,7 +91,7 @@ class PgAIStorageService(PgService):
         params = (
             new_id,
             rows.text("resource_id", resource_id),
-            rows.optional_text("title", title),
+            check_optional_text("title", title),
             None if meta is None else json_text("metadata", meta),
         )
         with rows.translate_errors(f"create_thread({quote(new_id)})"):
@@ -199,7 +199,7 @@ class PgAIStorageService(PgService):
             row_factory=tuple_row,
             read=True,
         )
-        return None if row is None else rows.read_object(row[0])
+        return None if row is None else read_object(row[0])
 
     def save_working_memory(self, id: str, scope: str, data: Mapping[str, Any]) -> None:
         """Replace the working memory of a thread or resource."""
@@ -220,7 +220,7 @@ class PgAIStorageService(PgService):
         }
         row = self._db.fetch_one(self._update_memory, params, row_factory=tuple_row)
         assert row is not None
-        return rows.read_object(row[0]) or {}
+        return read_object(row[0]) or {}
 
     # --- runs ----------------------------------------------------------------------------------
 
