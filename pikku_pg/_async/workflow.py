@@ -10,6 +10,7 @@ It wires four parts that each stand on their own: the state store
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import inspect
 import json
@@ -227,18 +228,10 @@ class AsyncPgWorkflowService(AsyncWorkflowStateStore):
         run_wire = WorkflowRunWire.model_validate(UNKNOWN_WIRE if wire is None else _wire(wire))
         await self._ensure_version(defn)
         token = str(uuid.uuid4())
-        self._leases.hold(token)
         job: Job | None = None
         try:
-            job = await self._queue.start_inline_run(
-                name,
-                input,
-                graph_hash=defn.version,
-                wire=wire,
-                owner=self._inline_owner,
-                lease=self._leases.lease,
-                token=token,
-            )
+            self._leases.hold(token)  # inside: starting a thread (sync) can be interrupted
+            job = await self._start_inline_run(defn, input, wire, token)
             now = datetime.now(timezone.utc)
             run = trusted(
                 WorkflowRun,
@@ -264,10 +257,47 @@ class AsyncPgWorkflowService(AsyncWorkflowStateStore):
             self._leases.drop(token)
         return _result(job.run_id, outcome)
 
+    async def _start_inline_run(
+        self,
+        defn: WorkflowDefinition,
+        input: Any,
+        wire: WorkflowRunWire | Mapping[str, Any] | None,
+        token: str,
+    ) -> Job:
+        """Store an inline run claimed by this caller under ``token``; returns the claim.
+
+        An interruption that lands while the statement runs must not leave a run the
+        caller does not know of: in the sync flavour psycopg lets the statement end
+        before the interrupt goes on, and an interrupted caller finds its claim by the
+        token it chose.
+        """
+        store = self._queue.start_inline_run(
+            defn.name,
+            input,
+            graph_hash=defn.version,
+            wire=wire,
+            owner=self._inline_owner,
+            lease=self._leases.lease,
+            token=token,
+        )
+        if True:  # ASYNC
+            # A cancelled await does not stop the statement (it may wait in a batch
+            # that another task sends): it runs as a task of its own, and an
+            # interrupted caller waits for its end, so the claim exists or not.
+            started = asyncio.ensure_future(store)
+            try:
+                return await asyncio.shield(started)
+            except asyncio.CancelledError:
+                with contextlib.suppress(BaseException):
+                    await started
+                raise
+        else:
+            return store
+
     async def _run_inline(self, job: Job) -> Outcome:
         """A replay pass in the caller under ``job``'s lease, kept alive meanwhile."""
-        self._leases.hold(job.token)
         try:
+            self._leases.hold(job.token)
             return await self._engine.replay(job, inline=True)
         except LeaseLostError:
             raise
