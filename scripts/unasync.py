@@ -32,6 +32,7 @@ RENAMES: dict[str, str] = {
     "__aenter__": "__enter__",
     "__aexit__": "__exit__",
     "pikku_pg._async": "pikku_pg._sync",
+    "tests._async": "tests._sync",
     # pikku_pg._acompat helpers and their sync twins
     "ALock": "Lock",
     "AEvent": "Event",

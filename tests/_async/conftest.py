@@ -1,13 +1,30 @@
-"""Connection-form fixtures: every service test runs over the three ways to connect."""
+"""Shared fixtures: the three ways to connect (every service test runs over them) and
+the services most tests need, initialised and closed."""
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from typing import Any
+from contextlib import asynccontextmanager
+from typing import Any, TypeVar
 
 import pytest
 from psycopg import AsyncConnection
 from psycopg_pool import AsyncConnectionPool
+
+from pikku_pg import AsyncPgWorkflowService
+
+Service = TypeVar("Service", bound=Any)
+
+
+@asynccontextmanager
+async def initialised(service: Service) -> AsyncIterator[Service]:
+    """``service`` with its schema initialised; closed when the block ends."""
+    try:
+        await service.init()
+        yield service
+    finally:
+        await service.close()
+
 
 CONNECTION_FORMS = ["conninfo", "pool", "connection"]
 
@@ -40,3 +57,17 @@ async def admin_conn(pg_dsn: str) -> AsyncIterator[AsyncConnection[Any]]:
         yield conn
     finally:
         await conn.close()
+
+
+@pytest.fixture
+async def wf(conn_source: Any, schema_name: str) -> AsyncIterator[AsyncPgWorkflowService]:
+    """A workflow service over each connection form."""
+    async with initialised(AsyncPgWorkflowService(conn_source, schema_name)) as service:
+        yield service
+
+
+@pytest.fixture
+async def wf_owned(pg_dsn: str, schema_name: str) -> AsyncIterator[AsyncPgWorkflowService]:
+    """A workflow service owning its pool (workers, concurrency and pure logic)."""
+    async with initialised(AsyncPgWorkflowService(pg_dsn, schema_name)) as service:
+        yield service

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator
 from datetime import datetime
 from typing import Any
 
@@ -26,24 +25,9 @@ WIRE = {"type": "http", "id": "req-1", "pikkuUserId": "u1"}
 
 
 @pytest.fixture
-async def wf(conn_source: Any, schema_name: str) -> AsyncIterator[AsyncPgWorkflowService]:
-    service = AsyncPgWorkflowService(conn_source, schema_name)
-    await service.init()
-    try:
-        yield service
-    finally:
-        await service.close()
-
-
-@pytest.fixture
-async def wf1(pg_dsn: str, schema_name: str) -> AsyncIterator[AsyncPgWorkflowService]:
+def wf1(wf_owned: AsyncPgWorkflowService) -> AsyncPgWorkflowService:
     """One connection form only (an owned pool): for tests of pure logic."""
-    service = AsyncPgWorkflowService(pg_dsn, schema_name)
-    await service.init()
-    try:
-        yield service
-    finally:
-        await service.close()
+    return wf_owned
 
 
 async def _count(admin: AsyncConnection[Any], schema: str, table: str) -> int:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import time
 import uuid
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -26,13 +25,9 @@ from pikku_pg.errors import (
 
 
 @pytest.fixture
-async def wf(pg_dsn: str, schema_name: str) -> AsyncIterator[AsyncPgWorkflowService]:
-    service = AsyncPgWorkflowService(pg_dsn, schema_name)
-    await service.init()
-    try:
-        yield service
-    finally:
-        await service.close()
+def wf(wf_owned: AsyncPgWorkflowService) -> AsyncPgWorkflowService:
+    """This file's tests need one form only: an owned pool."""
+    return wf_owned
 
 
 async def test_inline_steps_rpcs_and_history(conn_source: Any, schema_name: str) -> None:

@@ -23,18 +23,17 @@ from pikku_pg.errors import (
     LeaseLostError,
     StepAlreadyCompletedError,
 )
+from tests._async.conftest import initialised
 
 FAST = {"lease": 2.0, "poll_interval": 0.1, "shutdown_timeout": 5.0}
 
 
 @pytest.fixture
 async def wf(pg_dsn: str, schema_name: str) -> AsyncIterator[AsyncPgWorkflowService]:
+    """An owned pool, and short inline leases (0.6 s)."""
     service = AsyncPgWorkflowService(pg_dsn, schema_name, inline_lease=0.6)
-    await service.init()
-    try:
+    async with initialised(service):
         yield service
-    finally:
-        await service.close()
 
 
 async def _wait_until(predicate: Any, timeout: float = 10.0) -> None:

@@ -32,16 +32,6 @@ async def _holders(admin: AsyncConnection[Any], key: str) -> list[tuple[int, str
 
 
 @pytest.fixture
-async def wf(conn_source: Any, schema_name: str) -> AsyncIterator[AsyncPgWorkflowService]:
-    service = AsyncPgWorkflowService(conn_source, schema_name)
-    await service.init()
-    try:
-        yield service
-    finally:
-        await service.close()
-
-
-@pytest.fixture
 async def other(pg_dsn: str, schema_name: str) -> AsyncIterator[AsyncPgWorkflowService]:
     """A second service (another process, in effect) on the same schema."""
     service = AsyncPgWorkflowService(pg_dsn, schema_name)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -16,13 +15,9 @@ FAST = {"lease": 2.0, "poll_interval": 0.1, "shutdown_timeout": 5.0}
 
 
 @pytest.fixture
-async def wf(pg_dsn: str, schema_name: str) -> AsyncIterator[AsyncPgWorkflowService]:
-    service = AsyncPgWorkflowService(pg_dsn, schema_name)
-    await service.init()
-    try:
-        yield service
-    finally:
-        await service.close()
+def wf(wf_owned: AsyncPgWorkflowService) -> AsyncPgWorkflowService:
+    """This file's tests need one form only: an owned pool."""
+    return wf_owned
 
 
 def _three_steps(wf: AsyncPgWorkflowService, counts: dict[tuple[str, str], int]) -> None:

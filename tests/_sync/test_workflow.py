@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
 from datetime import datetime
 from typing import Any
 
@@ -27,24 +26,9 @@ WIRE = {"type": "http", "id": "req-1", "pikkuUserId": "u1"}
 
 
 @pytest.fixture
-def wf(conn_source: Any, schema_name: str) -> Iterator[PgWorkflowService]:
-    service = PgWorkflowService(conn_source, schema_name)
-    service.init()
-    try:
-        yield service
-    finally:
-        service.close()
-
-
-@pytest.fixture
-def wf1(pg_dsn: str, schema_name: str) -> Iterator[PgWorkflowService]:
+def wf1(wf_owned: PgWorkflowService) -> PgWorkflowService:
     """One connection form only (an owned pool): for tests of pure logic."""
-    service = PgWorkflowService(pg_dsn, schema_name)
-    service.init()
-    try:
-        yield service
-    finally:
-        service.close()
+    return wf_owned
 
 
 def _count(admin: Connection[Any], schema: str, table: str) -> int:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import contextlib
 import time
 import uuid
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -27,13 +26,9 @@ from pikku_pg.errors import (
 
 
 @pytest.fixture
-def wf(pg_dsn: str, schema_name: str) -> Iterator[PgWorkflowService]:
-    service = PgWorkflowService(pg_dsn, schema_name)
-    service.init()
-    try:
-        yield service
-    finally:
-        service.close()
+def wf(wf_owned: PgWorkflowService) -> PgWorkflowService:
+    """This file's tests need one form only: an owned pool."""
+    return wf_owned
 
 
 def test_inline_steps_rpcs_and_history(conn_source: Any, schema_name: str) -> None:

@@ -24,18 +24,17 @@ from pikku_pg.errors import (
     LeaseLostError,
     StepAlreadyCompletedError,
 )
+from tests._sync.conftest import initialised
 
 FAST = {"lease": 2.0, "poll_interval": 0.1, "shutdown_timeout": 5.0}
 
 
 @pytest.fixture
 def wf(pg_dsn: str, schema_name: str) -> Iterator[PgWorkflowService]:
+    """An owned pool, and short inline leases (0.6 s)."""
     service = PgWorkflowService(pg_dsn, schema_name, inline_lease=0.6)
-    service.init()
-    try:
+    with initialised(service):
         yield service
-    finally:
-        service.close()
 
 
 def _wait_until(predicate: Any, timeout: float = 10.0) -> None:

@@ -33,16 +33,6 @@ def _holders(admin: Connection[Any], key: str) -> list[tuple[int, str]]:
 
 
 @pytest.fixture
-def wf(conn_source: Any, schema_name: str) -> Iterator[PgWorkflowService]:
-    service = PgWorkflowService(conn_source, schema_name)
-    service.init()
-    try:
-        yield service
-    finally:
-        service.close()
-
-
-@pytest.fixture
 def other(pg_dsn: str, schema_name: str) -> Iterator[PgWorkflowService]:
     """A second service (another process, in effect) on the same schema."""
     service = PgWorkflowService(pg_dsn, schema_name)

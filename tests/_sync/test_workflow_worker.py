@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -17,13 +16,9 @@ FAST = {"lease": 2.0, "poll_interval": 0.1, "shutdown_timeout": 5.0}
 
 
 @pytest.fixture
-def wf(pg_dsn: str, schema_name: str) -> Iterator[PgWorkflowService]:
-    service = PgWorkflowService(pg_dsn, schema_name)
-    service.init()
-    try:
-        yield service
-    finally:
-        service.close()
+def wf(wf_owned: PgWorkflowService) -> PgWorkflowService:
+    """This file's tests need one form only: an owned pool."""
+    return wf_owned
 
 
 def _three_steps(wf: PgWorkflowService, counts: dict[tuple[str, str], int]) -> None:
