@@ -1,4 +1,4 @@
-"""JSON encoding rules shared by every service.
+"""JSON encoding rules shared by every service (see DESIGN §4).
 
 We store JSON values themselves in JSONB columns, compact and with non-ASCII
 characters unescaped. TypeScript 0.12.1 stored many objects as a JSON *string*
