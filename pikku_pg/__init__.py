@@ -22,6 +22,7 @@ from pikku_pg._sync.event_hub import PgEventHubService
 from pikku_pg._sync.workflow import PgWorkflowService, WorkflowContext, WorkflowWorker
 from pikku_pg._sync.workflow_runs import PgWorkflowRunService
 from pikku_pg._sync.workflow_state import WorkflowStateStore
+from pikku_pg._worker_options import WorkerOptions
 
 __version__ = "0.1.0"
 
@@ -45,6 +46,7 @@ __all__ = [
     "PgEventHubStore",
     "PgWorkflowRunService",
     "PgWorkflowService",
+    "WorkerOptions",
     "WorkflowContext",
     "WorkflowStateStore",
     "WorkflowWorker",

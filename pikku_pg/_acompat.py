@@ -2,6 +2,9 @@
 
 Code in ``pikku_pg/_async`` uses the ``A``-prefixed names; ``scripts/unasync.py``
 renames them to their plain twins when it generates ``pikku_pg/_sync``.
+
+``StateLock`` is the same in both flavours: a threading lock for plain state (no
+I/O under it) that both a background thread and the event loop may touch.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from typing import Any
 
 ALock = asyncio.Lock
 Lock = threading.Lock
+StateLock = threading.Lock
 AEvent = asyncio.Event
 Event = threading.Event
 AQueue = asyncio.Queue
@@ -28,6 +32,7 @@ __all__ = [
     "Event",
     "Lock",
     "Queue",
+    "StateLock",
     "aclosing",
     "agather",
     "asleep",

@@ -13,7 +13,6 @@ from collections.abc import Callable
 from typing import Any
 
 from pikku_pg._components import COMPONENTS
-from pikku_pg._sync._migrate import apply_migrations
 from pikku_pg._sync._service import PgService
 from pikku_pg._sync.ai import PgAgentRunService, PgAIStorageService
 from pikku_pg._sync.channel import PgChannelStore
@@ -55,11 +54,11 @@ def _section(out: Printer, title: str) -> None:
 
 def _init_everything(dsn: str, out: Printer) -> None:
     _section(out, f"Tables of {len(COMPONENTS)} components")
-    for info in COMPONENTS:
-        with PgService(dsn, info.default_schema) as service:
-            applied = apply_migrations(service._db, info.default_schema, [info.load()])
+    for component in COMPONENTS:
+        with PgService(dsn, component.default_schema) as service:
+            applied = service.init_components([component])
         versions = ", ".join(f"v{v}" for _, v in applied) or "already up to date"
-        out(f"  {info.name:<11} schema {info.default_schema:<15} {versions}")
+        out(f"  {component.name:<11} schema {component.default_schema:<15} {versions}")
 
 
 def _agent_story(dsn: str, out: Printer) -> None:

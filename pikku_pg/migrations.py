@@ -58,10 +58,12 @@ class Migration:
 
 @dataclass(frozen=True)
 class Component:
-    """A named set of tables with its ordered migrations (versions 1, 2, 3...)."""
+    """A named set of tables with its ordered migrations (versions 1, 2, 3...), and the
+    schema its services use when none is given."""
 
     name: str
     migrations: tuple[Migration, ...]
+    default_schema: str = "pikku"
 
     def __post_init__(self) -> None:
         versions = [m.version for m in self.migrations]

@@ -239,6 +239,11 @@ TARGETS: list[Target] = [
         fresh=True,
     ),
     Target("deployments", "find_function", lambda w: {"name": "f"}),
+    Target(
+        "deployments",
+        "list_deployments",
+        lambda w: {"function": "f", "live_only": False, "ttl": 30.0, "limit": 10},
+    ),
     # --- workflow console
     Target(
         "runs",

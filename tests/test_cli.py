@@ -494,6 +494,25 @@ def test_worker_on_an_unreachable_database_exits_3(cli: Any, modules: Path) -> N
     assert f"cannot connect to PostgreSQL at 127.0.0.1:{port}" in result.err
 
 
+@pytest.mark.parametrize(
+    ("option", "value", "message"),
+    [
+        ("--lease", "nan", "lease must be a positive number of seconds, not nan"),
+        ("--poll-interval", "0", "poll_interval must be a positive number of seconds"),
+        ("--shutdown-timeout", "1e9", "shutdown_timeout must be at most 86400 seconds"),
+        ("--concurrency", "0", "concurrency must be between 1 and 1024, not 0"),
+        ("--name", "n" * 300, "name is 300 characters; at most 255"),
+    ],
+)
+def test_worker_options_are_checked_before_the_import(
+    cli: Any, modules: Path, option: str, value: str, message: str
+) -> None:
+    (modules / "cli_mod_never.py").write_text("raise RuntimeError('imported')\n")
+    result = cli("worker", "--module", "cli_mod_never", option, value, schema=False)
+    assert result.code == 2 and result.out == ""
+    assert result.err.startswith(f"pikku-pg: {message}") and result.err.count("\n") == 1
+
+
 @pytest.fixture
 def modules(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     """A directory on sys.path for throw-away worker modules (forgotten afterwards)."""

@@ -48,7 +48,7 @@ class AsyncPgAIStorageService(AsyncPgService):
     """
 
     components: ClassVar[tuple[Component, ...]] = (q.COMPONENT,)
-    default_schema: ClassVar[str] = "pikku_ai"
+    default_schema: ClassVar[str] = q.COMPONENT.default_schema
 
     def _prepare_queries(self) -> None:
         s = self._schema
@@ -315,7 +315,7 @@ class AsyncPgAgentRunService(AsyncPgService):
     plus ``delete_thread``."""
 
     components: ClassVar[tuple[Component, ...]] = (q.COMPONENT,)
-    default_schema: ClassVar[str] = "pikku_ai"
+    default_schema: ClassVar[str] = q.COMPONENT.default_schema
 
     def _prepare_queries(self) -> None:
         s = self._schema

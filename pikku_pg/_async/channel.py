@@ -36,7 +36,7 @@ class AsyncPgChannelStore(AsyncPgService):
     """
 
     components: ClassVar[tuple[Component, ...]] = (sql.COMPONENT,)
-    default_schema: ClassVar[str] = "pikku"
+    default_schema: ClassVar[str] = sql.COMPONENT.default_schema
 
     def _prepare_queries(self) -> None:
         self._add = render(sql.ADD_CHANNEL, self._schema)
@@ -97,7 +97,7 @@ class AsyncPgEventHubStore(AsyncPgService):
     """
 
     components: ClassVar[tuple[Component, ...]] = (sql.COMPONENT,)
-    default_schema: ClassVar[str] = "pikku"
+    default_schema: ClassVar[str] = sql.COMPONENT.default_schema
 
     def _prepare_queries(self) -> None:
         self._subscribe = render(sql.SUBSCRIBE, self._schema)

@@ -20,10 +20,11 @@ import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime, timezone
-from typing import Any, ClassVar, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 from pikku_pg._acompat import asleep
 from pikku_pg._async._database import ConnectionSource
+from pikku_pg._async._listener import check_listen_conninfo, listen_target
 from pikku_pg._async.workflow_engine import (
     AsyncReplayEngine,
     AsyncWorkflowContext,
@@ -34,7 +35,7 @@ from pikku_pg._async.workflow_engine import (
 from pikku_pg._async.workflow_leases import AsyncLeaseKeeper
 from pikku_pg._async.workflow_queue import AsyncWorkflowQueue, Job
 from pikku_pg._async.workflow_state import AsyncWorkflowStateStore
-from pikku_pg._async.workflow_worker import AsyncWorkflowWorker, listener_target
+from pikku_pg._async.workflow_worker import AsyncWorkflowWorker
 from pikku_pg._check import check_number, check_text_list, quote
 from pikku_pg._json import dumps
 from pikku_pg._rows.workflow import UNKNOWN_WIRE, encode_wire
@@ -49,6 +50,7 @@ from pikku_pg._rows.workflow_engine import (
 )
 from pikku_pg._sql.workflow import WORKFLOW
 from pikku_pg._sql.workflow_queue import WORKFLOW_QUEUE
+from pikku_pg._worker_options import WorkerOptions, WorkerSettings
 from pikku_pg.errors import (
     DuplicateRegistrationError,
     InvalidInputError,
@@ -64,6 +66,9 @@ from pikku_pg.errors import (
 from pikku_pg.migrations import Component
 from pikku_pg.models._base import trusted
 from pikku_pg.models.workflow import RunActivity, WorkflowRun, WorkflowRunWire
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -102,6 +107,7 @@ class AsyncPgWorkflowService(AsyncWorkflowStateStore):
         listen_conninfo: str | None = None,
         inline_lease: float = 30.0,
     ) -> None:
+        listen_conninfo = check_listen_conninfo(listen_conninfo)
         super().__init__(conn, schema, connect_kwargs=connect_kwargs, pool_kwargs=pool_kwargs)
         self._queue = AsyncWorkflowQueue(self._db, self._schema)
         self._leases = AsyncLeaseKeeper(self._queue, positive_seconds("inline_lease", inline_lease))
@@ -437,65 +443,41 @@ class AsyncPgWorkflowService(AsyncWorkflowStateStore):
     # ----------------------------------------------------------------- workers
 
     def worker(
-        self,
-        *,
-        concurrency: int = 4,
-        lease: float = 30.0,
-        poll_interval: float = 1.0,
-        listen: bool = True,
-        shutdown_timeout: float = 30.0,
-        name: str | None = None,
+        self, options: WorkerOptions | None = None, **overrides: Unpack[WorkerSettings]
     ) -> AsyncWorkflowWorker:
         """A worker for this service's queue; ``async with`` runs it in the background.
 
-        ``concurrency`` jobs at once (tasks; threads in the sync flavour). A claim
-        is a lease of ``lease`` seconds, extended while the job runs. Idle workers
+        Takes a :class:`WorkerOptions` and/or its fields as keyword arguments
+        (``wf.worker(concurrency=8, lease=60)``), which override ``options``:
+        ``concurrency`` jobs at once (tasks; threads in the sync flavour), each
+        claimed for a lease of ``lease`` seconds extended while it runs. Idle workers
         wake on NOTIFY, or every ``poll_interval`` seconds with ``listen=False``
         (e.g. behind PgBouncer in transaction mode). The pool needs about
-        ``concurrency + 1`` connections (the listener has its own).
+        ``concurrency + 1`` connections (the listener has its own). A bad option
+        raises :class:`InvalidInputError` naming it.
         """
-        if not isinstance(listen, bool):
-            raise InvalidInputError(f"listen must be a bool, not {type(listen).__name__}")
+        chosen = WorkerOptions.combine(options, overrides)
         target = (
-            listener_target(self._source, self._listen_conninfo, self._connect_kwargs)
-            if listen
+            listen_target(
+                self._source,
+                self._listen_conninfo,
+                self._connect_kwargs,
+                application_name="pikku_pg workflow worker",
+            )
+            if chosen.listen
             else None
         )
         self._workers = [w for w in self._workers if not w.stopped]
-        worker = AsyncWorkflowWorker(
-            self._engine,
-            self._queue,
-            target,
-            concurrency=concurrency,
-            lease=lease,
-            poll_interval=poll_interval,
-            shutdown_timeout=shutdown_timeout,
-            name=name,
-        )
+        worker = AsyncWorkflowWorker(self._engine, self._queue, target, chosen)
         self._workers.append(worker)
         return worker
 
     async def run_worker(
-        self,
-        *,
-        concurrency: int = 4,
-        lease: float = 30.0,
-        poll_interval: float = 1.0,
-        listen: bool = True,
-        shutdown_timeout: float = 30.0,
-        name: str | None = None,
+        self, options: WorkerOptions | None = None, **overrides: Unpack[WorkerSettings]
     ) -> None:
         """Process queued work until :meth:`stop_workers` is called (or interrupted),
-        then stop gracefully. See :meth:`worker` for the arguments."""
-        worker = self.worker(
-            concurrency=concurrency,
-            lease=lease,
-            poll_interval=poll_interval,
-            listen=listen,
-            shutdown_timeout=shutdown_timeout,
-            name=name,
-        )
-        await worker.run()
+        then stop gracefully. Takes the options of :meth:`worker`."""
+        await self.worker(options, **overrides).run()
 
     def stop_workers(self) -> None:
         """Ask every worker of this service to stop (they finish gracefully)."""

@@ -11,12 +11,11 @@ last one is dropped and starts again with the next.
 from __future__ import annotations
 
 import logging
-import threading
 from typing import Any
 
 import psycopg
 
-from pikku_pg._acompat import AEvent, agather, aspawn, await_event
+from pikku_pg._acompat import AEvent, StateLock, agather, aspawn, await_event
 from pikku_pg._async.workflow_queue import AsyncWorkflowQueue
 from pikku_pg.errors import DatabaseUnavailableError
 
@@ -31,7 +30,7 @@ class AsyncLeaseKeeper:
         self.lease = lease
         self._tokens: set[str] = set()
         # Guards only plain state (no I/O under it), so one lock serves both flavours.
-        self._lock = threading.Lock()
+        self._lock = StateLock()
         self._wake = AEvent()
         self._loop: Any = None
 

@@ -83,7 +83,7 @@ class AsyncWorkflowStateStore(AsyncPgService):
     """
 
     components: ClassVar[tuple[Component, ...]] = (WORKFLOW,)
-    default_schema: ClassVar[str] = "pikku_workflow"
+    default_schema: ClassVar[str] = WORKFLOW.default_schema
 
     def _prepare_queries(self) -> None:
         self._q = workflow_queries(self._schema)

@@ -44,7 +44,6 @@ def run_demo(args: argparse.Namespace, out: Output) -> int:
 
 def migrate_command(args: argparse.Namespace, out: Output) -> int:
     from pikku_pg._schema import validate_schema_name
-    from pikku_pg._sync._migrate import apply_migrations
     from pikku_pg._sync._service import PgService
     from pikku_pg.migrations import ddl
 
@@ -52,23 +51,23 @@ def migrate_command(args: argparse.Namespace, out: Output) -> int:
     if args.schema is not None:
         validate_schema_name(args.schema)
     if args.print_sql:
-        for info in chosen:
-            out.stream.write(ddl(info.load(), args.schema or info.default_schema) + "\n")
+        for component in chosen:
+            out.stream.write(ddl(component, args.schema or component.default_schema) + "\n")
         return EXIT_OK
     report: list[dict[str, Any]] = []
     with connect(args) as conn:
-        for info in chosen:
-            schema = args.schema or info.default_schema
+        for component in chosen:
+            schema = args.schema or component.default_schema
             with (
-                out.progress(f"migrating {info.name} in schema {schema}"),
+                out.progress(f"migrating {component.name} in schema {schema}"),
                 PgService(conn, schema) as service,
             ):
-                applied = apply_migrations(service._db, schema, [info.load()])
+                applied = service.init_components([component])
             versions = [version for _, version in applied]
-            report.append({"component": info.name, "schema": schema, "applied": versions})
+            report.append({"component": component.name, "schema": schema, "applied": versions})
             if not out.json_mode:
                 done = ", ".join(f"v{v}" for v in versions) or "already up to date"
-                out.line(f"{info.name} in schema {schema}: {done}")
+                out.line(f"{component.name} in schema {schema}: {done}")
     if out.json_mode:
         out.json(report)
     return EXIT_OK

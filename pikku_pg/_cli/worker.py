@@ -27,17 +27,14 @@ import threading
 from types import FrameType, ModuleType
 from typing import Any
 
-from pikku_pg._cli._common import (
-    EXIT_INTERRUPTED,
-    EXIT_OK,
-    CliError,
-    positive_float,
-    positive_int,
-)
+from pikku_pg._cli._common import EXIT_INTERRUPTED, EXIT_OK, CliError
 from pikku_pg._cli.output import Output
+from pikku_pg._worker_options import WorkerOptions
 
 SERVICE_NAMES = ("workflow_service", "wf")
 _SIGNALS = (signal.SIGINT, signal.SIGTERM)
+# The options are parsed here and checked by WorkerOptions (as for wf.worker()).
+_DEFAULTS = WorkerOptions()
 
 
 def add_commands(commands: Any, common: argparse.ArgumentParser) -> None:
@@ -67,24 +64,33 @@ def add_commands(commands: Any, common: argparse.ArgumentParser) -> None:
         "of the modules)",
     )
     worker.add_argument(
-        "--concurrency", type=positive_int, default=4, metavar="N", help="runs at once (4)"
+        "--concurrency",
+        type=int,
+        default=_DEFAULTS.concurrency,
+        metavar="N",
+        help=f"runs at once ({_DEFAULTS.concurrency})",
     )
     worker.add_argument(
-        "--lease", type=positive_float, default=30.0, metavar="S", help="job lease seconds (30)"
+        "--lease",
+        type=float,
+        default=_DEFAULTS.lease,
+        metavar="S",
+        help=f"job lease seconds ({_DEFAULTS.lease:g})",
     )
     worker.add_argument(
         "--poll-interval",
-        type=positive_float,
-        default=1.0,
+        type=float,
+        default=_DEFAULTS.poll_interval,
         metavar="S",
-        help="seconds between polls when idle (1)",
+        help=f"seconds between polls when idle ({_DEFAULTS.poll_interval:g})",
     )
     worker.add_argument(
         "--shutdown-timeout",
-        type=positive_float,
-        default=30.0,
+        type=float,
+        default=_DEFAULTS.shutdown_timeout,
         metavar="S",
-        help="seconds to let runs in flight reach a step boundary on stop (30)",
+        help="seconds to let runs in flight reach a step boundary on stop "
+        f"({_DEFAULTS.shutdown_timeout:g})",
     )
     worker.add_argument(
         "--no-listen",
@@ -152,15 +158,16 @@ def load_service(modules: list[str], service: str | None) -> Any:
     return found
 
 
-def _worker_options(args: argparse.Namespace) -> dict[str, Any]:
-    return {
-        "concurrency": args.concurrency,
-        "lease": args.lease,
-        "poll_interval": args.poll_interval,
-        "listen": not args.no_listen,
-        "shutdown_timeout": args.shutdown_timeout,
-        "name": args.name,
-    }
+def worker_options(args: argparse.Namespace) -> WorkerOptions:
+    """The worker options given on the command line, checked (a bad one: exit 2)."""
+    return WorkerOptions(
+        concurrency=args.concurrency,
+        lease=args.lease,
+        poll_interval=args.poll_interval,
+        listen=not args.no_listen,
+        shutdown_timeout=args.shutdown_timeout,
+        name=args.name,
+    )
 
 
 def _describe(service: Any, worker: Any) -> str:
@@ -178,14 +185,15 @@ def run_worker(args: argparse.Namespace, out: Output) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    options = worker_options(args)  # before the application is imported
     if args.dsn:
         os.environ["DATABASE_URL"] = args.dsn
     service = load_service(args.module, args.service)
     if threading.current_thread() is not threading.main_thread():
         raise CliError("the worker command must run in the main thread (it handles signals)")
     if inspect.iscoroutinefunction(service.init):
-        return asyncio.run(_run_async(service, args, out))
-    return _run_sync(service, args, out)
+        return asyncio.run(_run_async(service, options, out))
+    return _run_sync(service, options, out)
 
 
 def _stopping(out: Output, worker: Any) -> None:
@@ -203,8 +211,8 @@ def _quit_now(out: Output) -> None:
     os._exit(EXIT_INTERRUPTED)
 
 
-def _run_sync(service: Any, args: argparse.Namespace, out: Output) -> int:
-    worker = service.worker(**_worker_options(args))
+def _run_sync(service: Any, options: WorkerOptions, out: Output) -> int:
+    worker = service.worker(options)
     signals = 0
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
@@ -229,8 +237,8 @@ def _run_sync(service: Any, args: argparse.Namespace, out: Output) -> int:
     return EXIT_OK
 
 
-async def _run_async(service: Any, args: argparse.Namespace, out: Output) -> int:
-    worker = service.worker(**_worker_options(args))
+async def _run_async(service: Any, options: WorkerOptions, out: Output) -> int:
+    worker = service.worker(options)
     loop = asyncio.get_running_loop()
     signals = 0
 

@@ -124,6 +124,7 @@ COMPONENT = Component(
             2, "ordering columns, run error message, indexes", V2_ORDERING_ERRORS_AND_INDEXES
         ),
     ),
+    default_schema="pikku_ai",
 )
 
 # --- threads -------------------------------------------------------------------------

@@ -62,6 +62,7 @@ COMPONENT = Component(
         Migration(2, "topic index and event hub payloads", V2_TOPIC_INDEX_AND_LARGE_PAYLOADS),
         Migration(3, "event hub payload tokens", V3_EVENT_HUB_PAYLOAD_TOKENS),
     ),
+    default_schema="pikku",
 )
 
 # --- channel store ---------------------------------------------------------------------

@@ -40,6 +40,7 @@ COMPONENT = Component(
         Migration(1, "deployments (TypeScript 0.12.1)", V1_TYPESCRIPT_TABLE),
         Migration(2, "GIN index on functions without a pending list", V2_GIN_WITHOUT_PENDING_LIST),
     ),
+    default_schema="pikku",
 )
 
 # Used by start(), and by a heartbeat that found its row gone (removed by a cleanup job,
@@ -82,4 +83,17 @@ FROM (
     OFFSET 0
 ) live
 ORDER BY last_heartbeat DESC, deployment_id
+"""
+
+# Every deployment, live or stale (find_function only returns live ones): an operator
+# wants to see the ones that stopped beating too. The function filter uses the GIN index.
+LIST_DEPLOYMENTS = """\
+SELECT deployment_id, endpoint, functions, last_heartbeat, created_at,
+       last_heartbeat > now() - make_interval(secs => %(ttl)s) AS live,
+       now() - last_heartbeat AS heartbeat_age
+FROM {schema}.pikku_deployments
+WHERE (%(function)s::text IS NULL OR functions @> ARRAY[%(function)s::text])
+  AND (NOT %(live_only)s OR last_heartbeat > now() - make_interval(secs => %(ttl)s))
+ORDER BY live DESC, last_heartbeat DESC, deployment_id
+LIMIT %(limit)s
 """

@@ -143,6 +143,7 @@ WORKFLOW = Component(
         Migration(1, "TypeScript @pikku/pg 0.12.1 workflow tables", V1_TYPESCRIPT_DDL),
         Migration(2, "step and history order, console indexes", V2_ORDER_AND_INDEXES),
     ),
+    default_schema="pikku_workflow",
 )
 
 # ---------------------------------------------------------------------------------

@@ -96,6 +96,7 @@ WORKFLOW_QUEUE = Component(
         Migration(2, "retry back-off of queued steps", V2_STEP_BACKOFF),
         Migration(3, "jobs by run", V3_JOBS_BY_RUN),
     ),
+    default_schema="pikku_workflow",  # beside the workflow tables it references
 )
 #: For ``pikku_pg._components`` (apply after the ``workflow`` component: it references
 #: ``workflow_runs``).

@@ -3,13 +3,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from types import TracebackType
 from typing import Any, ClassVar, TypeVar
 
+from pikku_pg._check import check_list
 from pikku_pg._schema import validate_schema_name
 from pikku_pg._sync._database import ConnectionSource, Database
 from pikku_pg._sync._migrate import apply_migrations
+from pikku_pg.errors import InvalidInputError
 from pikku_pg.migrations import Component
 
 _Service = TypeVar("_Service", bound="PgService")
@@ -63,7 +65,17 @@ class PgService:
         Safe to call from many processes at once; on a schema already up to date it
         runs no DDL, so an application role with only DML rights may call it.
         """
-        return apply_migrations(self._db, self._schema, self.components)
+        return self.init_components(self.components)
+
+    def init_components(self, components: Sequence[Component]) -> list[tuple[str, int]]:
+        """Like :meth:`init`, for the given components (in this service's schema):
+        what ``pikku-pg migrate --component`` does. Returns the versions applied."""
+        chosen = check_list("components", components, of="Component")
+        for component in chosen:
+            if not isinstance(component, Component):
+                kind = type(component).__name__
+                raise InvalidInputError(f"components must hold Component items, not {kind}")
+        return apply_migrations(self._db, self._schema, chosen)
 
     def open(self) -> None:
         """Open an owned pool now (otherwise it opens on first use)."""

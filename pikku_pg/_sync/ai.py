@@ -49,7 +49,7 @@ class PgAIStorageService(PgService):
     """
 
     components: ClassVar[tuple[Component, ...]] = (q.COMPONENT,)
-    default_schema: ClassVar[str] = "pikku_ai"
+    default_schema: ClassVar[str] = q.COMPONENT.default_schema
 
     def _prepare_queries(self) -> None:
         s = self._schema
@@ -312,7 +312,7 @@ class PgAgentRunService(PgService):
     plus ``delete_thread``."""
 
     components: ClassVar[tuple[Component, ...]] = (q.COMPONENT,)
-    default_schema: ClassVar[str] = "pikku_ai"
+    default_schema: ClassVar[str] = q.COMPONENT.default_schema
 
     def _prepare_queries(self) -> None:
         s = self._schema

@@ -37,7 +37,7 @@ class PgChannelStore(PgService):
     """
 
     components: ClassVar[tuple[Component, ...]] = (sql.COMPONENT,)
-    default_schema: ClassVar[str] = "pikku"
+    default_schema: ClassVar[str] = sql.COMPONENT.default_schema
 
     def _prepare_queries(self) -> None:
         self._add = render(sql.ADD_CHANNEL, self._schema)
@@ -98,7 +98,7 @@ class PgEventHubStore(PgService):
     """
 
     components: ClassVar[tuple[Component, ...]] = (sql.COMPONENT,)
-    default_schema: ClassVar[str] = "pikku"
+    default_schema: ClassVar[str] = sql.COMPONENT.default_schema
 
     def _prepare_queries(self) -> None:
         self._subscribe = render(sql.SUBSCRIBE, self._schema)

@@ -11,6 +11,7 @@ from psycopg.rows import tuple_row
 
 from pikku_pg._acompat import Event, gather, spawn, wait_event
 from pikku_pg._arrays import text_array
+from pikku_pg._check import MAX_INT4, check_bool, check_int
 from pikku_pg._rows.deployment import (
     check_function_name,
     check_seconds,
@@ -23,9 +24,15 @@ from pikku_pg._sync._database import ConnectionSource
 from pikku_pg._sync._service import PgService
 from pikku_pg.errors import ConflictError, InvalidInputError
 from pikku_pg.migrations import Component
-from pikku_pg.models.deployment import DeploymentConfig, DeploymentInfo
+from pikku_pg.models._base import trusted
+from pikku_pg.models.deployment import DeploymentConfig, DeploymentInfo, DeploymentStatus
 
 logger = logging.getLogger("pikku_pg.deployment")
+
+#: Seconds between heartbeats, by default.
+DEFAULT_HEARTBEAT_INTERVAL = 10.0
+#: Seconds after its last heartbeat that a deployment counts as gone, by default.
+DEFAULT_HEARTBEAT_TTL = 30.0
 
 
 class PgDeploymentService(PgService):
@@ -36,21 +43,22 @@ class PgDeploymentService(PgService):
     the heartbeat (a background task; in the sync flavour a daemon thread), which
     updates ``last_heartbeat`` every ``heartbeat_interval`` seconds. A failed beat is
     logged and retried on the next one; it never raises. :meth:`find_function` returns
-    the deployments serving a function whose last beat is within ``heartbeat_ttl``.
+    the deployments serving a function whose last beat is within ``heartbeat_ttl``;
+    :meth:`list_deployments` every registered one, live or stale (for operators).
     :meth:`stop` (also run by :meth:`close` and ``with``) stops the heartbeat,
     removes the row and releases an owned pool; it is idempotent.
     """
 
     components: ClassVar[tuple[Component, ...]] = (sql.COMPONENT,)
-    default_schema: ClassVar[str] = "pikku"
+    default_schema: ClassVar[str] = sql.COMPONENT.default_schema
 
     def __init__(
         self,
         conn: ConnectionSource,
         schema: str | None = None,
         *,
-        heartbeat_interval: float = 10.0,
-        heartbeat_ttl: float = 30.0,
+        heartbeat_interval: float = DEFAULT_HEARTBEAT_INTERVAL,
+        heartbeat_ttl: float = DEFAULT_HEARTBEAT_TTL,
         connect_kwargs: Mapping[str, Any] | None = None,
         pool_kwargs: Mapping[str, Any] | None = None,
     ) -> None:
@@ -68,6 +76,7 @@ class PgDeploymentService(PgService):
         self._heartbeat = render(sql.HEARTBEAT, self._schema)
         self._delete = render(sql.DELETE, self._schema)
         self._find = render(sql.FIND_FUNCTION, self._schema)
+        self._list = render(sql.LIST_DEPLOYMENTS, self._schema)
         self._config: tuple[str, str, list[str]] | None = None
         self._task: Any = None
         self._stopping = False
@@ -142,6 +151,30 @@ class PgDeploymentService(PgService):
         rows = self._db.fetch_all(self._find, params, row_factory=tuple_row, read=True)
         return [deployment_from_row(row) for row in rows]
 
+    def list_deployments(
+        self,
+        *,
+        function: str | None = None,
+        live_only: bool = False,
+        ttl: float | None = None,
+        limit: int = 100,
+    ) -> list[DeploymentStatus]:
+        """Every registered deployment, live or stale, for an operator (one round trip).
+
+        Live ones first, then by most recent heartbeat. A deployment is live when its
+        last beat is within ``ttl`` seconds (default: this service's
+        ``heartbeat_ttl``). ``function`` keeps those serving it, ``live_only`` the
+        live ones; at most ``limit`` are returned.
+        """
+        params = {
+            "function": None if function is None else check_function_name(function),
+            "live_only": check_bool("live_only", live_only),
+            "ttl": self._ttl if ttl is None else check_seconds("ttl", ttl),
+            "limit": check_int("limit", limit, min=1, max=MAX_INT4),
+        }
+        rows = self._db.fetch_all(self._list, params, row_factory=tuple_row, read=True)
+        return [_status_from_row(row) for row in rows]
+
     def _stop_heartbeat(self) -> None:
         self._stopping = True
         self._stop_event.set()
@@ -180,3 +213,17 @@ class PgDeploymentService(PgService):
             if failing:
                 failing = False
                 logger.warning("deployment %r heartbeat recovered", deployment_id)
+
+
+def _status_from_row(row: tuple[Any, ...]) -> DeploymentStatus:
+    deployment_id, endpoint, functions, last_heartbeat, created_at, live, age = row
+    return trusted(
+        DeploymentStatus,
+        deployment_id=deployment_id,
+        endpoint=endpoint,
+        functions=functions,
+        last_heartbeat=last_heartbeat,
+        created_at=created_at,
+        live=live,
+        heartbeat_age=age,
+    )

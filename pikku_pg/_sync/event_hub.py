@@ -51,10 +51,8 @@ How it works, and what it promises:
 
 from __future__ import annotations
 
-import contextlib
 import contextvars
 import logging
-import threading
 import time
 import uuid
 from collections import deque
@@ -63,13 +61,9 @@ from typing import Any, ClassVar, TypeAlias
 
 import psycopg
 from psycopg import Connection
-from psycopg import sql as pgsql
-from psycopg.conninfo import make_conninfo
-from psycopg_pool import ConnectionPool
 
-from pikku_pg._acompat import Event, Queue, gather, spawn, wait_event
+from pikku_pg._acompat import Queue, StateLock, gather, spawn
 from pikku_pg._check import check_number, quote
-from pikku_pg._json import check_text
 from pikku_pg._rows.channel import (
     EventReference,
     InlineEvent,
@@ -87,13 +81,14 @@ from pikku_pg._rows.channel import (
 from pikku_pg._sql import channel as sql
 from pikku_pg._sql import render
 from pikku_pg._sync._database import ConnectionSource
-from pikku_pg._sync.channel import PgEventHubStore
-from pikku_pg.errors import (
-    ConflictError,
-    DatabaseUnavailableError,
-    InvalidInputError,
-    ServiceClosedError,
+from pikku_pg._sync._listener import (
+    MAX_RECONNECT_DELAY,
+    RECONNECT_DELAY,
+    Listener,
+    listen_target,
 )
+from pikku_pg._sync.channel import PgEventHubStore
+from pikku_pg.errors import ConflictError, InvalidInputError, ServiceClosedError
 from pikku_pg.models.channel import EventHubMessage, EventHubStats
 
 logger = logging.getLogger("pikku_pg.event_hub")
@@ -106,16 +101,6 @@ _IN_CALLBACK: contextvars.ContextVar[bool] = contextvars.ContextVar(
 
 # async flavour: a coroutine function; sync flavour: a plain function.  # unasync: keep
 EventCallback: TypeAlias = Callable[[EventHubMessage], Any]
-
-# Keepalives make a silently dead network link (no FIN, no RST) visible to the listener.
-_LISTENER_CONNECT_KWARGS: dict[str, Any] = {
-    "keepalives": 1,
-    "keepalives_idle": 30,
-    "keepalives_interval": 10,
-    "keepalives_count": 3,
-    "connect_timeout": 10,
-    "application_name": "pikku_pg event hub listener",
-}
 
 # Expired payloads are deleted by one publish in EXPIRE_EVERY (and at least once per
 # retention period), at most EXPIRE_LIMIT rows at a time: that keeps up with up to
@@ -167,8 +152,8 @@ class PgEventHubService(PgEventHubStore):
         max_pending: int = 10_000,
         payload_retention: float = 300.0,
         max_payload_bytes: int = 8 * 1024 * 1024,
-        reconnect_delay: float = 0.1,
-        max_reconnect_delay: float = 5.0,
+        reconnect_delay: float = RECONNECT_DELAY,
+        max_reconnect_delay: float = MAX_RECONNECT_DELAY,
         inline_payloads: bool = False,
     ) -> None:
         if not isinstance(inline_payloads, bool):
@@ -185,8 +170,8 @@ class PgEventHubService(PgEventHubStore):
         ):
             if check_number(name, value) <= 0:
                 raise InvalidInputError(f"{name} must be a positive number, not {quote(value)}")
-        self._listen_conninfo, self._listen_kwargs = _listener_target(
-            conn, listen_conninfo, connect_kwargs
+        target = listen_target(
+            conn, listen_conninfo, connect_kwargs, application_name="pikku_pg event hub listener"
         )
         self._channel = notify_channel(self._schema)
         self._inline = inline_payloads
@@ -199,21 +184,26 @@ class PgEventHubService(PgEventHubStore):
         self._max_pending = int(max_pending)
         self._retention = float(payload_retention)
         self._max_payload_bytes = int(max_payload_bytes)
-        self._reconnect_delay = float(reconnect_delay)
-        self._max_reconnect_delay = float(max_reconnect_delay)
         # topic -> channel ids subscribed through this service. Values are replaced, never
         # mutated, so the listener reads a consistent snapshot without taking the lock.
         self._local: dict[str, frozenset[str]] = {}
-        self._local_lock = threading.Lock()
+        self._local_lock = StateLock()
         self._queue: Queue[EventHubMessage | None] = Queue()
         self._stopping = False
-        self._stop_event = Event()
         self._started = False
-        self._listener_pid: int | None = None
+        self._listener = Listener(
+            target,
+            self._channel,
+            self._receive,
+            label=f"event hub listener (schema {self._schema!r})",
+            log=logger,
+            poll_interval=self.poll_interval,
+            reconnect_delay=float(reconnect_delay),
+            max_reconnect_delay=float(max_reconnect_delay),
+        )
         self._reader: Any = None
         self._dispatcher: Any = None
         self._counts = dict.fromkeys(_COUNTERS, 0)
-        self._reconnects = 0
         self._replays = _ReplayGuard(self._retention + 1.0, self.replay_memory)
 
     # --- local subscriptions ------------------------------------------------------------
@@ -306,12 +296,12 @@ class PgEventHubService(PgEventHubStore):
     @property
     def listener_pid(self) -> int | None:
         """The backend pid of the listener's current connection (None when not connected)."""
-        return self._listener_pid
+        return self._listener.pid
 
     @property
     def stats(self) -> EventHubStats:
         """What the listener did with the notifications it received so far (a snapshot)."""
-        return EventHubStats(**self._counts, reconnects=self._reconnects)
+        return EventHubStats(**self._counts, reconnects=self._listener.reconnects)
 
     @property
     def dropped(self) -> int:
@@ -322,7 +312,7 @@ class PgEventHubService(PgEventHubStore):
     @property
     def reconnects(self) -> int:
         """How many times the listener reconnected after losing its connection."""
-        return self._reconnects
+        return self._listener.reconnects
 
     def start(self, callback: EventCallback | None = None) -> None:
         """Start listening; returns once LISTEN is active, so later publishes arrive.
@@ -335,9 +325,9 @@ class PgEventHubService(PgEventHubStore):
             raise ServiceClosedError("the event hub service is closed")
         if self._started:
             raise ConflictError("this event hub service is already listening")
-        conn = self._connect_listener()
+        conn = self._listener.connect()
         self._started = True
-        self._reader = spawn(self._listen, (conn,), name="pikku_pg event hub listener")
+        self._reader = spawn(self._listener.run, (conn,), name="pikku_pg event hub listener")
         if callback is not None:
             self._dispatcher = spawn(
                 self._dispatch, (callback,), name="pikku_pg event hub dispatcher"
@@ -355,7 +345,7 @@ class PgEventHubService(PgEventHubStore):
     def close(self) -> None:
         """Stop the listener (and callback), then release what the service owns."""
         self._stopping = True
-        self._stop_event.set()
+        self._listener.stop()
         if self._reader is not None:
             gather(self._reader, timeout=self.poll_interval + 5.0)
             self._reader = None
@@ -364,70 +354,6 @@ class PgEventHubService(PgEventHubStore):
             gather(self._dispatcher, timeout=5.0)
             self._dispatcher = None
         super().close()
-
-    def _connect_listener(self) -> Connection[Any]:
-        try:
-            conn = Connection.connect(self._listen_conninfo, autocommit=True, **self._listen_kwargs)
-        except psycopg.OperationalError as exc:
-            raise DatabaseUnavailableError(f"event hub listener cannot connect: {exc}") from exc
-        try:
-            conn.execute(pgsql.SQL("LISTEN {}").format(pgsql.Identifier(self._channel)))
-        except BaseException:
-            conn.close()
-            raise
-        self._listener_pid = conn.info.backend_pid
-        return conn
-
-    def _listen(self, conn: Connection[Any] | None) -> None:
-        """The listener loop: drain notifications; reconnect when the connection drops."""
-        delay = self._reconnect_delay
-        while not self._stopping:
-            if conn is None:
-                try:
-                    conn = self._connect_listener()
-                except (DatabaseUnavailableError, psycopg.Error) as exc:
-                    logger.warning(
-                        "event hub listener cannot reconnect (%s); retrying in %.1f s",
-                        str(exc).strip(),
-                        delay,
-                    )
-                    self._pause(delay)
-                    delay = min(delay * 2, self._max_reconnect_delay)
-                    continue
-                self._reconnects += 1
-                delay = self._reconnect_delay
-                logger.warning("event hub listener reconnected (schema %r)", self._schema)
-            try:
-                while not self._stopping:
-                    # stop_after=1 still returns every notification of the packet read:
-                    # a burst arrives as one batch, checked with one query.
-                    batch = [
-                        notify.payload
-                        for notify in conn.notifies(timeout=self.poll_interval, stop_after=1)
-                    ]
-                    if not batch:
-                        continue
-                    try:
-                        self._receive(conn, batch)
-                    except psycopg.Error:
-                        raise  # the connection is lost: reconnect
-                    except Exception:  # one bad batch must not stop the listener
-                        logger.exception("event hub failed to handle notifications")
-            except psycopg.Error as exc:
-                if not self._stopping:
-                    logger.warning(
-                        "event hub listener lost its connection (%s); reconnecting",
-                        str(exc).strip(),
-                    )
-            finally:
-                self._listener_pid = None
-                with contextlib.suppress(psycopg.Error):
-                    conn.close()
-                conn = None
-
-    def _pause(self, seconds: float) -> None:
-        """Sleep, but wake up at once when the service is closed."""
-        wait_event(self._stop_event, seconds)
 
     def _receive(self, conn: Connection[Any], payloads: list[str]) -> None:
         """Check a batch of notifications and queue the genuine events of local topics."""
@@ -524,29 +450,6 @@ class PgEventHubService(PgEventHubStore):
                 callback(message)
             except Exception:
                 logger.exception("event hub callback failed on topic %r", message.topic)
-
-
-def _listener_target(
-    conn: ConnectionSource, listen_conninfo: str | None, connect_kwargs: Mapping[str, Any] | None
-) -> tuple[str, dict[str, Any]]:
-    """Where the listener connects: (conninfo, connection keyword arguments)."""
-    kwargs = dict(_LISTENER_CONNECT_KWARGS)
-    if listen_conninfo is not None:
-        return check_text("listen_conninfo", listen_conninfo), kwargs
-    if isinstance(conn, str):
-        extra = {k: v for k, v in (connect_kwargs or {}).items() if k != "autocommit"}
-        return conn, {**kwargs, **extra}
-    if isinstance(conn, ConnectionPool):
-        if not isinstance(conn.conninfo, str) or not isinstance(conn.kwargs, (dict, type(None))):
-            raise InvalidInputError(
-                "the pool computes its connection parameters: pass listen_conninfo"
-            )
-        extra = {k: v for k, v in (conn.kwargs or {}).items() if k != "autocommit"}
-        return conn.conninfo, {**kwargs, **extra}
-    # A borrowed connection: its parameters, plus the password libpq does not show.
-    password = conn.pgconn.password
-    params = {"password": password.decode()} if password else {}
-    return make_conninfo(conn.info.dsn, **params), kwargs
 
 
 class _ReplayGuard:

@@ -21,7 +21,7 @@ import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime, timezone
-from typing import Any, ClassVar, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 from pikku_pg._acompat import sleep
 from pikku_pg._check import check_number, check_text_list, quote
@@ -39,6 +39,7 @@ from pikku_pg._rows.workflow_engine import (
 from pikku_pg._sql.workflow import WORKFLOW
 from pikku_pg._sql.workflow_queue import WORKFLOW_QUEUE
 from pikku_pg._sync._database import ConnectionSource
+from pikku_pg._sync._listener import check_listen_conninfo, listen_target
 from pikku_pg._sync.workflow_engine import (
     Outcome,
     ReplayEngine,
@@ -49,7 +50,8 @@ from pikku_pg._sync.workflow_engine import (
 from pikku_pg._sync.workflow_leases import LeaseKeeper
 from pikku_pg._sync.workflow_queue import Job, WorkflowQueue
 from pikku_pg._sync.workflow_state import WorkflowStateStore
-from pikku_pg._sync.workflow_worker import WorkflowWorker, listener_target
+from pikku_pg._sync.workflow_worker import WorkflowWorker
+from pikku_pg._worker_options import WorkerOptions, WorkerSettings
 from pikku_pg.errors import (
     DuplicateRegistrationError,
     InvalidInputError,
@@ -65,6 +67,9 @@ from pikku_pg.errors import (
 from pikku_pg.migrations import Component
 from pikku_pg.models._base import trusted
 from pikku_pg.models.workflow import RunActivity, WorkflowRun, WorkflowRunWire
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -103,6 +108,7 @@ class PgWorkflowService(WorkflowStateStore):
         listen_conninfo: str | None = None,
         inline_lease: float = 30.0,
     ) -> None:
+        listen_conninfo = check_listen_conninfo(listen_conninfo)
         super().__init__(conn, schema, connect_kwargs=connect_kwargs, pool_kwargs=pool_kwargs)
         self._queue = WorkflowQueue(self._db, self._schema)
         self._leases = LeaseKeeper(self._queue, positive_seconds("inline_lease", inline_lease))
@@ -424,65 +430,41 @@ class PgWorkflowService(WorkflowStateStore):
     # ----------------------------------------------------------------- workers
 
     def worker(
-        self,
-        *,
-        concurrency: int = 4,
-        lease: float = 30.0,
-        poll_interval: float = 1.0,
-        listen: bool = True,
-        shutdown_timeout: float = 30.0,
-        name: str | None = None,
+        self, options: WorkerOptions | None = None, **overrides: Unpack[WorkerSettings]
     ) -> WorkflowWorker:
         """A worker for this service's queue; ``with`` runs it in the background.
 
-        ``concurrency`` jobs at once (tasks; threads in the sync flavour). A claim
-        is a lease of ``lease`` seconds, extended while the job runs. Idle workers
+        Takes a :class:`WorkerOptions` and/or its fields as keyword arguments
+        (``wf.worker(concurrency=8, lease=60)``), which override ``options``:
+        ``concurrency`` jobs at once (tasks; threads in the sync flavour), each
+        claimed for a lease of ``lease`` seconds extended while it runs. Idle workers
         wake on NOTIFY, or every ``poll_interval`` seconds with ``listen=False``
         (e.g. behind PgBouncer in transaction mode). The pool needs about
-        ``concurrency + 1`` connections (the listener has its own).
+        ``concurrency + 1`` connections (the listener has its own). A bad option
+        raises :class:`InvalidInputError` naming it.
         """
-        if not isinstance(listen, bool):
-            raise InvalidInputError(f"listen must be a bool, not {type(listen).__name__}")
+        chosen = WorkerOptions.combine(options, overrides)
         target = (
-            listener_target(self._source, self._listen_conninfo, self._connect_kwargs)
-            if listen
+            listen_target(
+                self._source,
+                self._listen_conninfo,
+                self._connect_kwargs,
+                application_name="pikku_pg workflow worker",
+            )
+            if chosen.listen
             else None
         )
         self._workers = [w for w in self._workers if not w.stopped]
-        worker = WorkflowWorker(
-            self._engine,
-            self._queue,
-            target,
-            concurrency=concurrency,
-            lease=lease,
-            poll_interval=poll_interval,
-            shutdown_timeout=shutdown_timeout,
-            name=name,
-        )
+        worker = WorkflowWorker(self._engine, self._queue, target, chosen)
         self._workers.append(worker)
         return worker
 
     def run_worker(
-        self,
-        *,
-        concurrency: int = 4,
-        lease: float = 30.0,
-        poll_interval: float = 1.0,
-        listen: bool = True,
-        shutdown_timeout: float = 30.0,
-        name: str | None = None,
+        self, options: WorkerOptions | None = None, **overrides: Unpack[WorkerSettings]
     ) -> None:
         """Process queued work until :meth:`stop_workers` is called (or interrupted),
-        then stop gracefully. See :meth:`worker` for the arguments."""
-        worker = self.worker(
-            concurrency=concurrency,
-            lease=lease,
-            poll_interval=poll_interval,
-            listen=listen,
-            shutdown_timeout=shutdown_timeout,
-            name=name,
-        )
-        worker.run()
+        then stop gracefully. Takes the options of :meth:`worker`."""
+        self.worker(options, **overrides).run()
 
     def stop_workers(self) -> None:
         """Ask every worker of this service to stop (they finish gracefully)."""

@@ -12,12 +12,11 @@ last one is dropped and starts again with the next.
 from __future__ import annotations
 
 import logging
-import threading
 from typing import Any
 
 import psycopg
 
-from pikku_pg._acompat import Event, gather, spawn, wait_event
+from pikku_pg._acompat import Event, StateLock, gather, spawn, wait_event
 from pikku_pg._sync.workflow_queue import WorkflowQueue
 from pikku_pg.errors import DatabaseUnavailableError
 
@@ -32,7 +31,7 @@ class LeaseKeeper:
         self.lease = lease
         self._tokens: set[str] = set()
         # Guards only plain state (no I/O under it), so one lock serves both flavours.
-        self._lock = threading.Lock()
+        self._lock = StateLock()
         self._wake = Event()
         self._loop: Any = None
 

@@ -4,8 +4,10 @@
 A worker runs ``concurrency`` executors (async: tasks; sync: threads), a
 heartbeat that extends the leases of the jobs in hand, and (unless
 ``listen=False``) a listener on a dedicated connection whose NOTIFY wake-ups
-make idle executors claim at once. Idle executors otherwise wake up every
-``poll_interval`` seconds, or when the next delayed job is due.
+make idle executors claim at once (it reconnects with back-off, see
+:mod:`pikku_pg._sync._listener`). Idle executors otherwise wake up every
+``poll_interval`` seconds, or when the next delayed job is due. The options are
+those of :class:`~pikku_pg.WorkerOptions`.
 
 Stopping is graceful: executors finish the step in hand and hand their run back
 (the job becomes due at once, so another worker takes it without waiting for the
@@ -20,24 +22,19 @@ import contextlib
 import logging
 import os
 import socket
-import threading
 import uuid
-from collections.abc import Mapping
 from types import TracebackType
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import psycopg
 from psycopg import Connection
-from psycopg import sql as pgsql
-from psycopg.conninfo import make_conninfo
-from psycopg_pool import ConnectionPool
 
-from pikku_pg._acompat import Event, gather, spawn, wait_event
-from pikku_pg._check import quote
+from pikku_pg._acompat import Event, StateLock, gather, spawn, wait_event
 from pikku_pg._rows.workflow import serialize_exception
-from pikku_pg._rows.workflow_engine import positive_seconds
+from pikku_pg._sync._listener import Listener, ListenTarget
 from pikku_pg._sync.workflow_engine import ReplayEngine
 from pikku_pg._sync.workflow_queue import Job, WorkflowQueue
+from pikku_pg._worker_options import WorkerOptions
 from pikku_pg.errors import (
     DatabaseUnavailableError,
     InvalidInputError,
@@ -45,93 +42,76 @@ from pikku_pg.errors import (
     SchemaNotInitializedError,
 )
 
-if TYPE_CHECKING:
-    from pikku_pg._sync._database import ConnectionSource
-
 logger = logging.getLogger("pikku_pg.workflow")
 
 # What a worker waits out (logged, retried with back-off): the database is unreachable,
 # or its schema is not initialised yet (a deploy may be running the migrations).
 _OUT_OF_REACH = (psycopg.Error, DatabaseUnavailableError, SchemaNotInitializedError)
 
-_LISTENER_KWARGS: dict[str, Any] = {
-    "keepalives": 1,
-    "keepalives_idle": 30,
-    "keepalives_interval": 10,
-    "keepalives_count": 3,
-    "connect_timeout": 10,
-    "application_name": "pikku_pg workflow worker",
-}
-
-
-def listener_target(
-    conn: ConnectionSource,
-    listen_conninfo: str | None,
-    connect_kwargs: Mapping[str, Any] | None,
-) -> tuple[str, dict[str, Any]]:
-    """Where a worker's listener connects: (conninfo, connection keyword arguments)."""
-    kwargs = dict(_LISTENER_KWARGS)
-    if listen_conninfo is not None:
-        return listen_conninfo, kwargs
-    if isinstance(conn, str):
-        extra = {k: v for k, v in (connect_kwargs or {}).items() if k != "autocommit"}
-        return conn, {**kwargs, **extra}
-    if isinstance(conn, ConnectionPool):
-        if not isinstance(conn.conninfo, str) or not isinstance(conn.kwargs, (dict, type(None))):
-            raise InvalidInputError("the pool computes its conninfo: pass listen_conninfo")
-        extra = {k: v for k, v in (conn.kwargs or {}).items() if k != "autocommit"}
-        return conn.conninfo, {**kwargs, **extra}
-    password = conn.pgconn.password
-    params = {"password": password.decode()} if password else {}
-    return make_conninfo(conn.info.dsn, **params), kwargs
-
 
 class WorkflowWorker:
     """Runs queued workflow jobs until stopped; ``with`` runs it in the background.
 
     Create it with :meth:`PgWorkflowService.worker`. ``worker.run()``
-    blocks until :meth:`stop` is called (or the task is cancelled).
+    blocks until :meth:`stop` is called (or the task is cancelled). ``listen_target``
+    is where its listener connects (None: no listener, the executors poll).
     """
 
     def __init__(
         self,
         engine: ReplayEngine,
         queue: WorkflowQueue,
-        listen_target: tuple[str, dict[str, Any]] | None,
-        *,
-        concurrency: int = 4,
-        lease: float = 30.0,
-        poll_interval: float = 1.0,
-        shutdown_timeout: float = 30.0,
-        name: str | None = None,
+        listen_target: ListenTarget | None,
+        options: WorkerOptions,
     ) -> None:
-        if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
-            raise InvalidInputError(f"concurrency must be a positive int, not {quote(concurrency)}")
+        if not isinstance(options, WorkerOptions):
+            kind = type(options).__name__
+            raise InvalidInputError(f"options must be a WorkerOptions, not {kind}")
         self._engine = engine
         self._queue = queue
-        self._listen_target = listen_target
-        self.concurrency = concurrency
-        self.lease = positive_seconds("lease", lease)
-        self.poll_interval = positive_seconds("poll_interval", poll_interval)
-        self.shutdown_timeout = positive_seconds(
-            "shutdown_timeout", shutdown_timeout, allow_zero=True
-        )
+        #: The options this worker runs with (checked when they were made).
+        self.options = options
+        self.concurrency = options.concurrency
+        self.lease = options.lease
+        self.poll_interval = options.poll_interval
+        self.shutdown_timeout = options.shutdown_timeout
         #: Name recorded on claimed jobs (``locked_by``).
-        self.name = name or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self.name = options.name or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self._stopping = False
         self._started = False
         self._stop_requested = Event()
         self._stopped = Event()
         self._executors_done = Event()
-        self._wakeups = [Event() for _ in range(concurrency)]
+        self._wakeups = [Event() for _ in range(self.concurrency)]
         self._held: dict[str, Job] = {}
-        self._held_lock = threading.Lock()
+        self._held_lock = StateLock()
         self._tasks: list[Any] = []
         self._service_tasks: list[Any] = []
         #: Jobs run to the end by this worker, not counting those handed back at a stop
         #: (for tests and monitoring).
         self.jobs_done = 0
-        self.listener_pid: int | None = None
+        self._listener = (
+            None
+            if listen_target is None
+            else Listener(
+                listen_target,
+                queue.channel,
+                self._on_notifies,
+                label="workflow listener",
+                log=logger,
+                on_listening=self.wake,  # runs queued while it was not listening
+            )
+        )
+
+    @property
+    def listener_pid(self) -> int | None:
+        """The backend pid of the listener's connection (None when not listening)."""
+        return None if self._listener is None else self._listener.pid
+
+    @property
+    def listener_reconnects(self) -> int:
+        """How many times the listener connected again after losing its connection."""
+        return 0 if self._listener is None else self._listener.reconnects
 
     # ---------------------------------------------------------------- control
 
@@ -143,8 +123,10 @@ class WorkflowWorker:
         for i in range(self.concurrency):
             self._tasks.append(spawn(self._executor, (i,), name=f"pikku_pg workflow executor {i}"))
         self._service_tasks.append(spawn(self._heartbeat, (), name="pikku_pg workflow heartbeat"))
-        if self._listen_target is not None:
-            self._service_tasks.append(spawn(self._listen, (), name="pikku_pg workflow listener"))
+        if self._listener is not None:
+            self._service_tasks.append(
+                spawn(self._listener.run, (), name="pikku_pg workflow listener")
+            )
 
     def run(self) -> None:
         """Run until :meth:`stop` is called; stops gracefully when interrupted."""
@@ -158,6 +140,8 @@ class WorkflowWorker:
         """Ask the worker to stop (returns at once; :meth:`run` then returns)."""
         self._stopping = True
         self._stop_requested.set()
+        if self._listener is not None:
+            self._listener.stop()
         for event in self._wakeups:
             event.set()
 
@@ -281,7 +265,7 @@ class WorkflowWorker:
             with self._held_lock:
                 self._held.pop(job.token, None)
 
-    # ------------------------------------------------------ heartbeat, listen
+    # ---------------------------------------------------- heartbeat, wake-ups
 
     def _heartbeat(self) -> None:
         """Extend the leases of the jobs in hand, every third of a lease."""
@@ -295,31 +279,6 @@ class WorkflowWorker:
                 except _OUT_OF_REACH as exc:
                     logger.warning("workflow worker cannot extend its leases: %s", exc)
 
-    def _listen(self) -> None:
-        """Wake idle executors on NOTIFY; reconnect when the connection drops."""
-        assert self._listen_target is not None
-        conninfo, kwargs = self._listen_target
-        delay = 0.1
-        while not self._stopping:
-            try:
-                conn = Connection.connect(conninfo, autocommit=True, **kwargs)
-            except psycopg.Error as exc:
-                logger.warning("workflow listener cannot connect (%s); retrying", exc)
-                wait_event(self._stop_requested, delay)
-                delay = min(delay * 2, 5.0)
-                continue
-            delay = 0.1
-            try:
-                conn.execute(pgsql.SQL("LISTEN {}").format(pgsql.Identifier(self._queue.channel)))
-                self.listener_pid = conn.info.backend_pid
-                self.wake()  # anything queued while we were not listening
-                while not self._stopping:
-                    for _ in conn.notifies(timeout=0.25):
-                        self.wake()
-            except psycopg.Error as exc:
-                if not self._stopping:
-                    logger.warning("workflow listener lost its connection (%s)", exc)
-            finally:
-                self.listener_pid = None
-                with contextlib.suppress(psycopg.Error):
-                    conn.close()
+    def _on_notifies(self, conn: Connection[Any], payloads: list[str]) -> None:
+        """A NOTIFY means work was queued: wake the idle executors (payloads unused)."""
+        self.wake()

@@ -25,7 +25,7 @@ from pikku_pg.models.ai import (
     Usage,
 )
 from pikku_pg.models.channel import Channel, EventHubMessage, EventHubStats
-from pikku_pg.models.deployment import DeploymentConfig, DeploymentInfo
+from pikku_pg.models.deployment import DeploymentConfig, DeploymentInfo, DeploymentStatus
 from pikku_pg.models.workflow import (
     GraphState,
     RunActivity,
@@ -54,6 +54,7 @@ __all__ = [
     "DataPart",
     "DeploymentConfig",
     "DeploymentInfo",
+    "DeploymentStatus",
     "EventHubMessage",
     "EventHubStats",
     "FilePart",

@@ -9,7 +9,7 @@ from psycopg import AsyncConnection
 
 from pikku_pg._acompat import agather, aspawn
 from pikku_pg._async._service import AsyncPgService
-from pikku_pg.errors import MigrationError
+from pikku_pg.errors import InvalidInputError, MigrationError
 from pikku_pg.migrations import Component, Migration, ddl
 
 V1 = Migration(
@@ -74,6 +74,19 @@ async def test_init_applies_every_version_once(
         await service.close()
     assert await _versions(admin_conn, schema_name) == [("notes", 1), ("notes", 2)]
     assert await _columns(admin_conn, schema_name, "notes") == ["id", "body", "created_at"]
+
+
+async def test_init_components_migrates_the_given_components(
+    pg_dsn: str, schema_name: str, admin_conn: Any
+) -> None:
+    async with AsyncPgService(pg_dsn, schema_name) as service:
+        with pytest.raises(InvalidInputError, match="components"):
+            await service.init_components(NOTES)  # type: ignore[arg-type]
+        with pytest.raises(InvalidInputError, match="components"):
+            await service.init_components(["notes"])  # type: ignore[list-item]
+        assert await service.init_components([NOTES]) == [("notes", 1), ("notes", 2)]
+        assert await service.init_components([NOTES]) == []
+    assert await _versions(admin_conn, schema_name) == [("notes", 1), ("notes", 2)]
 
 
 async def test_version_1_adopts_tables_created_by_typescript(

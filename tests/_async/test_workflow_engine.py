@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from pikku_pg import AsyncPgWorkflowService, AsyncWorkflowContext
+from pikku_pg import AsyncPgWorkflowRunService, AsyncPgWorkflowService, AsyncWorkflowContext
 from pikku_pg._rows.workflow_engine import parse_duration
 from pikku_pg.errors import (
     DuplicateRegistrationError,
@@ -112,7 +112,9 @@ async def test_replay_returns_stored_results_without_running_again(
         await wf.cancel_run(run_id)
 
 
-async def test_retries_with_fixed_delay_then_success(wf: AsyncPgWorkflowService) -> None:
+async def test_retries_with_fixed_delay_then_success(
+    wf: AsyncPgWorkflowService, pg_dsn: str
+) -> None:
     attempts: list[float] = []
 
     async def flaky(_: Any) -> str:
@@ -131,7 +133,7 @@ async def test_retries_with_fixed_delay_then_success(wf: AsyncPgWorkflowService)
     assert len(attempts) == 3
     assert attempts[1] - attempts[0] >= 0.045 and attempts[2] - attempts[1] >= 0.045
     assert time.monotonic() - started < 5
-    runs = await wf.get_run_history((await _only_run(wf)).id)
+    runs = await wf.get_run_history((await _only_run(wf, pg_dsn)).id)
     assert [(h.attempt_count, h.status) for h in runs] == [
         (1, "failed"),
         (2, "failed"),
@@ -289,7 +291,7 @@ async def test_version_conflict_fails_instead_of_replaying(pg_dsn: str, schema_n
         assert ran == []
 
 
-async def test_inline_sleep_waits_and_is_recorded(wf: AsyncPgWorkflowService) -> None:
+async def test_inline_sleep_waits_and_is_recorded(wf: AsyncPgWorkflowService, pg_dsn: str) -> None:
     @wf.workflow("nap")
     async def nap(ctx: AsyncWorkflowContext, _: Any) -> str:
         await ctx.sleep("short nap", "60ms")
@@ -298,18 +300,20 @@ async def test_inline_sleep_waits_and_is_recorded(wf: AsyncPgWorkflowService) ->
     started = time.monotonic()
     assert await wf.run_to_completion("nap", None) == "rested"
     assert time.monotonic() - started >= 0.055
-    run = await _only_run(wf)
+    run = await _only_run(wf, pg_dsn)
     steps = await wf.get_run_steps(run.id)
     assert [(s.step_name, s.status) for s in steps] == [("short nap", "succeeded")]
 
 
-async def test_cancel_stops_an_inline_run_at_the_next_step(wf: AsyncPgWorkflowService) -> None:
+async def test_cancel_stops_an_inline_run_at_the_next_step(
+    wf: AsyncPgWorkflowService, pg_dsn: str
+) -> None:
     ran: list[str] = []
     outcome: dict[str, Any] = {}
 
     async def first(_: Any) -> None:
         ran.append("first")
-        run = await _only_run(wf)
+        run = await _only_run(wf, pg_dsn)
         await wf.cancel_run(run.id, "changed my mind")
 
     async def second(_: Any) -> None:
@@ -500,17 +504,7 @@ async def test_unknown_runs(wf: AsyncPgWorkflowService) -> None:
             await wf.wait_for_run(run_id, timeout=1)
 
 
-async def _only_run(wf: AsyncPgWorkflowService) -> Any:
-    runs = await wf._db.fetch_all(
-        f'SELECT workflow_run_id::text FROM "{wf.schema}".workflow_runs'.encode(),
-        None,
-        row_factory=_first_column,
-    )
-    assert len(runs) == 1
-    run = await wf.get_run(runs[0])
-    assert run is not None
+async def _only_run(wf: AsyncPgWorkflowService, pg_dsn: str) -> Any:
+    async with AsyncPgWorkflowRunService(pg_dsn, wf.schema) as console:
+        [run] = await console.list_runs()
     return run
-
-
-def _first_column(cursor: Any) -> Any:
-    return lambda values: values[0]

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from pikku_pg import AsyncPgWorkflowService, AsyncWorkflowContext
+from pikku_pg import AsyncPgWorkflowService, AsyncWorkflowContext, WorkerOptions
 from pikku_pg._acompat import AEvent, agather, asleep, aspawn, await_event
 from pikku_pg.errors import InvalidInputError, InvalidRunStateError, WorkflowTimeoutError
 
@@ -390,14 +390,62 @@ async def test_worker_arguments_are_checked(wf: AsyncPgWorkflowService) -> None:
     for kwargs in (
         {"concurrency": 0},
         {"concurrency": True},
+        {"concurrency": 10**6},
         {"lease": -1},
         {"lease": 0},
+        {"lease": 1e300},
         {"poll_interval": "1s"},
         {"listen": "yes"},
         {"shutdown_timeout": float("nan")},
+        {"name": "a\x00b"},
+        {"name": "n" * 1000},
     ):
-        with pytest.raises(InvalidInputError):
+        [option] = kwargs
+        with pytest.raises(InvalidInputError, match=f"^{option} "):
             wf.worker(**kwargs)  # type: ignore[arg-type]
+        with pytest.raises(InvalidInputError, match=f"^{option} "):
+            await wf.run_worker(**kwargs)  # type: ignore[arg-type]
+        with pytest.raises(InvalidInputError, match=f"^{option} "):
+            WorkerOptions(**kwargs)  # type: ignore[arg-type]
+    with pytest.raises(InvalidInputError, match="options must be a WorkerOptions"):
+        wf.worker({"lease": 1})  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="'leese'"):
+        wf.worker(leese=1)  # type: ignore[call-arg]
+    assert wf._workers == []  # nothing was made
+
+
+async def test_worker_options_and_keyword_overrides(wf: AsyncPgWorkflowService) -> None:
+    base = WorkerOptions(concurrency=2, lease=10, name="base")
+    worker = wf.worker(base, lease=20)
+    assert worker.options == WorkerOptions(concurrency=2, lease=20.0, name="base")
+    assert (worker.concurrency, worker.lease, worker.name) == (2, 20.0, "base")
+    assert wf.worker().options == WorkerOptions()
+
+
+async def test_the_listener_reconnects_after_its_backend_is_killed(
+    wf: AsyncPgWorkflowService, admin_conn: Any
+) -> None:
+    """Killed while idle: it LISTENs again, and a NOTIFY still wakes the worker at once."""
+    _three_steps(wf, {})
+    async with wf.worker(concurrency=1, lease=5, poll_interval=30, shutdown_timeout=5) as w:
+
+        async def listening() -> bool:
+            return w.listener_pid is not None
+
+        await _wait_until(listening)
+        first = w.listener_pid
+        await asleep(0.1)  # the executor is idle now, waiting up to 30 s
+        await admin_conn.execute("SELECT pg_terminate_backend(%s)", (first,))
+
+        async def relistening() -> bool:
+            return w.listener_pid not in (None, first) and w.listener_reconnects == 1
+
+        await _wait_until(relistening)
+        await asleep(0.1)
+        started = time.monotonic()
+        run = await wf.wait_for_run(await wf.start_workflow("three", None), timeout=5)
+        assert run.status == "completed"
+        assert time.monotonic() - started < 2
 
 
 async def test_workers_recover_when_their_connections_die(

@@ -101,6 +101,70 @@ def test_find_function_returns_live_deployments_newest_first(
         assert found[0].endpoint == "http://new"
 
 
+def test_list_deployments_shows_live_and_stale_ones(
+    pg_dsn: str, schema_name: str, admin_conn: Connection[Any]
+) -> None:
+    with PgDeploymentService(pg_dsn, schema_name, heartbeat_ttl=30.0) as registry:
+        registry.init()
+        assert registry.list_deployments() == []
+        _insert(admin_conn, schema_name, "old", ["f"], age=20)
+        _insert(admin_conn, schema_name, "new", ["f", "g"], age=1)
+        _insert(admin_conn, schema_name, "dead", ["f"], age=600)
+        _insert(admin_conn, schema_name, "other", ["g"], age=5)
+        listed = registry.list_deployments()
+        # Live ones first (newest beat first), then the stale one.
+        assert [(d.deployment_id, d.live) for d in listed] == [
+            ("new", True),
+            ("other", True),
+            ("old", True),
+            ("dead", False),
+        ]
+        new, dead = listed[0], listed[-1]
+        assert (new.endpoint, new.functions) == ("http://new", ["f", "g"])
+        assert 599 < dead.heartbeat_age.total_seconds() < 700
+        assert dead.created_at >= dead.last_heartbeat
+        assert new.model_dump(by_alias=True)["deploymentId"] == "new"
+        serving_f = registry.list_deployments(function="f")
+        assert [d.deployment_id for d in serving_f] == ["new", "old", "dead"]
+        live_f = registry.list_deployments(function="f", live_only=True)
+        assert [d.deployment_id for d in live_f] == ["new", "old"]
+        assert [d.deployment_id for d in registry.list_deployments(ttl=10.0)] == [
+            "new",
+            "other",
+            "old",
+            "dead",
+        ]
+        assert [d.live for d in registry.list_deployments(ttl=10.0)] == [
+            True,
+            True,
+            False,
+            False,
+        ]
+        assert len(registry.list_deployments(limit=2)) == 2
+        assert registry.list_deployments(function="nobody") == []
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "name"),
+    [
+        ({"function": 3}, "function name"),
+        ({"function": "a\x00b"}, "function name"),
+        ({"live_only": "yes"}, "live_only"),
+        ({"ttl": float("nan")}, "ttl"),
+        ({"ttl": 0}, "ttl"),
+        ({"limit": 0}, "limit"),
+        ({"limit": 2**40}, "limit"),
+    ],
+)
+def test_list_deployments_refuses_bad_input(
+    pg_dsn: str, schema_name: str, kwargs: dict[str, Any], name: str
+) -> None:
+    # No init(): a bad argument is refused before any SQL runs.
+    with PgDeploymentService(pg_dsn, schema_name) as registry:
+        with pytest.raises(InvalidInputError, match=f"^{name} "):
+            registry.list_deployments(**kwargs)
+
+
 def test_find_function_names_with_array_syntax(
     pg_dsn: str, schema_name: str, admin_conn: Connection[Any]
 ) -> None:

@@ -10,7 +10,7 @@ from psycopg import Connection
 
 from pikku_pg._acompat import gather, spawn
 from pikku_pg._sync._service import PgService
-from pikku_pg.errors import MigrationError
+from pikku_pg.errors import InvalidInputError, MigrationError
 from pikku_pg.migrations import Component, Migration, ddl
 
 V1 = Migration(
@@ -75,6 +75,19 @@ def test_init_applies_every_version_once(
         service.close()
     assert _versions(admin_conn, schema_name) == [("notes", 1), ("notes", 2)]
     assert _columns(admin_conn, schema_name, "notes") == ["id", "body", "created_at"]
+
+
+def test_init_components_migrates_the_given_components(
+    pg_dsn: str, schema_name: str, admin_conn: Any
+) -> None:
+    with PgService(pg_dsn, schema_name) as service:
+        with pytest.raises(InvalidInputError, match="components"):
+            service.init_components(NOTES)  # type: ignore[arg-type]
+        with pytest.raises(InvalidInputError, match="components"):
+            service.init_components(["notes"])  # type: ignore[list-item]
+        assert service.init_components([NOTES]) == [("notes", 1), ("notes", 2)]
+        assert service.init_components([NOTES]) == []
+    assert _versions(admin_conn, schema_name) == [("notes", 1), ("notes", 2)]
 
 
 def test_version_1_adopts_tables_created_by_typescript(

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from pikku_pg import PgWorkflowService, WorkflowContext
+from pikku_pg import PgWorkflowRunService, PgWorkflowService, WorkflowContext
 from pikku_pg._rows.workflow_engine import parse_duration
 from pikku_pg.errors import (
     DuplicateRegistrationError,
@@ -113,7 +113,7 @@ def test_replay_returns_stored_results_without_running_again(
         wf.cancel_run(run_id)
 
 
-def test_retries_with_fixed_delay_then_success(wf: PgWorkflowService) -> None:
+def test_retries_with_fixed_delay_then_success(wf: PgWorkflowService, pg_dsn: str) -> None:
     attempts: list[float] = []
 
     def flaky(_: Any) -> str:
@@ -132,7 +132,7 @@ def test_retries_with_fixed_delay_then_success(wf: PgWorkflowService) -> None:
     assert len(attempts) == 3
     assert attempts[1] - attempts[0] >= 0.045 and attempts[2] - attempts[1] >= 0.045
     assert time.monotonic() - started < 5
-    runs = wf.get_run_history((_only_run(wf)).id)
+    runs = wf.get_run_history((_only_run(wf, pg_dsn)).id)
     assert [(h.attempt_count, h.status) for h in runs] == [
         (1, "failed"),
         (2, "failed"),
@@ -288,7 +288,7 @@ def test_version_conflict_fails_instead_of_replaying(pg_dsn: str, schema_name: s
         assert ran == []
 
 
-def test_inline_sleep_waits_and_is_recorded(wf: PgWorkflowService) -> None:
+def test_inline_sleep_waits_and_is_recorded(wf: PgWorkflowService, pg_dsn: str) -> None:
     @wf.workflow("nap")
     def nap(ctx: WorkflowContext, _: Any) -> str:
         ctx.sleep("short nap", "60ms")
@@ -297,18 +297,18 @@ def test_inline_sleep_waits_and_is_recorded(wf: PgWorkflowService) -> None:
     started = time.monotonic()
     assert wf.run_to_completion("nap", None) == "rested"
     assert time.monotonic() - started >= 0.055
-    run = _only_run(wf)
+    run = _only_run(wf, pg_dsn)
     steps = wf.get_run_steps(run.id)
     assert [(s.step_name, s.status) for s in steps] == [("short nap", "succeeded")]
 
 
-def test_cancel_stops_an_inline_run_at_the_next_step(wf: PgWorkflowService) -> None:
+def test_cancel_stops_an_inline_run_at_the_next_step(wf: PgWorkflowService, pg_dsn: str) -> None:
     ran: list[str] = []
     outcome: dict[str, Any] = {}
 
     def first(_: Any) -> None:
         ran.append("first")
-        run = _only_run(wf)
+        run = _only_run(wf, pg_dsn)
         wf.cancel_run(run.id, "changed my mind")
 
     def second(_: Any) -> None:
@@ -497,17 +497,7 @@ def test_unknown_runs(wf: PgWorkflowService) -> None:
             wf.wait_for_run(run_id, timeout=1)
 
 
-def _only_run(wf: PgWorkflowService) -> Any:
-    runs = wf._db.fetch_all(
-        f'SELECT workflow_run_id::text FROM "{wf.schema}".workflow_runs'.encode(),
-        None,
-        row_factory=_first_column,
-    )
-    assert len(runs) == 1
-    run = wf.get_run(runs[0])
-    assert run is not None
+def _only_run(wf: PgWorkflowService, pg_dsn: str) -> Any:
+    with PgWorkflowRunService(pg_dsn, wf.schema) as console:
+        [run] = console.list_runs()
     return run
-
-
-def _first_column(cursor: Any) -> Any:
-    return lambda values: values[0]
