@@ -2,8 +2,9 @@
 
 Encoding validates what the services are given (types, NUL characters, JSON) and
 turns it into the bound parameters of ``pikku_pg._sql.ai``; decoding turns rows into
-models without re-validating data that the database hands back (DESIGN §4 rules for
-TypeScript's double-encoded JSON and raw message content).
+models without re-validating data that the database hands back. TypeScript stored
+many objects as a JSON string holding JSON, and message content as raw text or JSON
+text: the readers accept both.
 """
 
 from __future__ import annotations
@@ -121,7 +122,7 @@ def _utc(value: datetime | None) -> datetime | None:
 
 
 def encode_content(content: str | list[Any] | None) -> str | None:
-    """The TEXT stored for a message content (DESIGN §4).
+    """The TEXT stored for a message content (read back as TypeScript does).
 
     None -> NULL; parts -> compact JSON; a string -> itself, unless reading it back
     would give something else (it parses as a JSON string or list), then its JSON.
