@@ -278,9 +278,13 @@ async def test_cancelled_callers_leave_no_run_without_an_owner(
         done = [await wf.wait_for_run(run.id, timeout=20) for run in runs]
     assert {(r.status, tuple(r.output)) for r in done} == {("completed", ("first", "slow", "last"))}
     for run in runs:
+        # At least once: an attempt interrupted before its result was stored runs
+        # again (a cancellation may land on the result's write too); the steps
+        # after the interruption run once.
         assert executions[(run.id, "last")] == 1
-        assert executions.get((run.id, "first"), 0) == 1
-        assert executions.get((run.id, "slow"), 0) in (1, 2)  # the interrupted attempt, rerun
+        assert executions.get((run.id, "first"), 0) in (1, 2)
+        assert executions.get((run.id, "slow"), 0) in (1, 2)
+        assert executions.get((run.id, "first"), 0) + executions[(run.id, "slow")] <= 3
         assert await wf.get_run_jobs(run.id) == []
 
 
