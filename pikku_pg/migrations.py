@@ -16,6 +16,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from pikku_pg._schema import quote_identifier, validate_schema_name
+from pikku_pg._sql import QuerySet, render, statement
 
 MIGRATIONS_TABLE = "pikku_pg_migrations"
 
@@ -41,6 +42,23 @@ SELECT component, max(version) AS version
 FROM {schema}.pikku_pg_migrations
 GROUP BY component
 """
+
+# The transaction-scoped lock of a schema or of a component (see lock_key_text).
+LOCK_SQL = "SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))"
+
+# Whether the (quoted, schema-qualified) table exists.
+TABLE_EXISTS_SQL = "SELECT to_regclass(%s) IS NOT NULL"
+
+
+@dataclass(frozen=True)
+class MigrationQueries(QuerySet):
+    """The statements of the migration runner (``BOOTSTRAP_SQL`` and the migrations
+    themselves are DDL scripts, run through :func:`render_sql`)."""
+
+    record: bytes = statement(RECORD_SQL)
+    applied: bytes = statement(APPLIED_SQL)
+    lock: bytes = statement(LOCK_SQL)
+    table_exists: bytes = statement(TABLE_EXISTS_SQL)
 
 
 @dataclass(frozen=True)
@@ -80,9 +98,8 @@ class Component:
         return self.migrations[applied:]
 
 
-def render_sql(template: str, schema: str) -> str:
-    """Substitute the (validated) schema into a SQL template."""
-    return template.replace("{schema}", quote_identifier(schema))
+#: The one ``{schema}`` substitution (``pikku_pg._sql.render``), under its name here.
+render_sql = render
 
 
 def lock_key_text(schema: str, component: str | None = None) -> str:
@@ -98,11 +115,11 @@ def ddl(components: Component | Iterable[Component], schema: str) -> str:
     """
     schema = validate_schema_name(schema)
     items = [components] if isinstance(components, Component) else list(components)
-    parts = ["BEGIN;", render_sql(BOOTSTRAP_SQL, schema)]
+    parts = ["BEGIN;", render(BOOTSTRAP_SQL, schema)]
     for component in items:
         for migration in component.migrations:
             parts.append(f"-- {component.name} v{migration.version}: {migration.name}")
-            statements = render_sql(migration.sql, schema).strip().rstrip(";")
+            statements = render(migration.sql, schema).strip().rstrip(";")
             parts.append(statements + ";\n")
             parts.append(
                 f"INSERT INTO {quote_identifier(schema)}.{MIGRATIONS_TABLE} "

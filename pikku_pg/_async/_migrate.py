@@ -13,27 +13,25 @@ from pikku_pg._async._database import AsyncDatabase
 from pikku_pg._schema import quote_identifier
 from pikku_pg.errors import MigrationError
 from pikku_pg.migrations import (
-    APPLIED_SQL,
     BOOTSTRAP_SQL,
     MIGRATIONS_TABLE,
-    RECORD_SQL,
     Component,
+    MigrationQueries,
     lock_key_text,
     render_sql,
 )
-
-_LOCK_SQL = b"SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))"
 
 
 async def _applied_versions(conn: AsyncConnection[Any], schema: str) -> dict[str, int] | None:
     """Applied version per component, or None when the migrations table does not exist."""
     table = f"{quote_identifier(schema)}.{MIGRATIONS_TABLE}"
+    queries = MigrationQueries.render(schema)
     cur = conn.cursor(row_factory=tuple_row)
-    await cur.execute(b"SELECT to_regclass(%s) IS NOT NULL", (table,))
+    await cur.execute(queries.table_exists, (table,))
     exists = await cur.fetchone()
     if not exists or not exists[0]:
         return None
-    await cur.execute(render_sql(APPLIED_SQL, schema).encode())
+    await cur.execute(queries.applied)
     return {name: version for name, version in await cur.fetchall()}
 
 
@@ -57,6 +55,7 @@ async def apply_migrations(
         if _up_to_date(await _applied_versions(conn, schema), components):
             return []
     applied_now: list[tuple[str, int]] = []
+    queries = MigrationQueries.render(schema)
     async with db.transaction() as conn:
         cur = conn.cursor(row_factory=tuple_row)
         # The schema lock serializes the bootstrap (concurrent CREATE SCHEMA IF NOT
@@ -64,7 +63,7 @@ async def apply_migrations(
         keys = [lock_key_text(schema)]
         keys += sorted(lock_key_text(schema, c.name) for c in components)
         for key in keys:
-            await cur.execute(_LOCK_SQL, (key,))
+            await cur.execute(queries.lock, (key,))
         await cur.execute(render_sql(BOOTSTRAP_SQL, schema).encode())
         applied = await _applied_versions(conn, schema) or {}
         for component in components:
@@ -77,7 +76,7 @@ async def apply_migrations(
                         f"({migration.name}) failed in schema {schema!r}: {exc}"
                     ) from exc
                 await cur.execute(
-                    render_sql(RECORD_SQL, schema).encode(),
+                    queries.record,
                     (component.name, migration.version, migration.name),
                 )
                 applied_now.append((component.name, migration.version))

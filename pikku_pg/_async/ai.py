@@ -19,7 +19,7 @@ from pikku_pg._check import check_list, check_optional_text, check_text_list, qu
 from pikku_pg._json import json_text, read_object
 from pikku_pg._rows import ai as rows
 from pikku_pg._sql import ai as q
-from pikku_pg._sql import render
+from pikku_pg._sql.ai import AIQueries
 from pikku_pg.errors import (
     MessageNotFoundError,
     RunNotFoundError,
@@ -51,25 +51,7 @@ class AsyncPgAIStorageService(AsyncPgService):
     default_schema: ClassVar[str] = q.COMPONENT.default_schema
 
     def _prepare_queries(self) -> None:
-        s = self._schema
-        self._create_thread = render(q.CREATE_THREAD, s)
-        self._get_thread = render(q.GET_THREAD, s)
-        self._get_threads = render(q.GET_THREADS, s)
-        self._delete_thread = render(q.DELETE_THREAD, s)
-        self._get_messages = render(q.GET_MESSAGES, s)
-        self._get_messages_before = render(q.GET_MESSAGES_BEFORE, s)
-        self._save_messages = render(q.SAVE_MESSAGES, s)
-        self._get_memory = render(q.GET_WORKING_MEMORY, s)
-        self._save_memory = render(q.SAVE_WORKING_MEMORY, s)
-        self._update_memory = render(q.UPDATE_WORKING_MEMORY, s)
-        self._create_run = render(q.CREATE_RUN, s)
-        self._create_run_plain = render(q.CREATE_RUN_PLAIN, s)
-        self._update_run_queries: dict[tuple[str, ...], bytes] = {}
-        self._update_run = render(q.UPDATE_RUN, s)
-        self._get_run = render(q.GET_RUN, s)
-        self._get_runs_by_thread = render(q.GET_RUNS_BY_THREAD, s)
-        self._find_run = render(q.FIND_RUN_BY_TOOL_CALL_ID, s)
-        self._resolve_approval = render(q.RESOLVE_APPROVAL, s)
+        self._q = AIQueries.render(self._schema)
 
     # --- threads -------------------------------------------------------------------------
 
@@ -94,7 +76,7 @@ class AsyncPgAIStorageService(AsyncPgService):
             None if meta is None else json_text("metadata", meta),
         )
         with rows.translate_errors(f"create_thread({quote(new_id)})"):
-            row = await self._db.fetch_one(self._create_thread, params, row_factory=tuple_row)
+            row = await self._db.fetch_one(self._q.create_thread, params, row_factory=tuple_row)
         assert row is not None
         return trusted(
             AIThread,
@@ -109,7 +91,10 @@ class AsyncPgAIStorageService(AsyncPgService):
     async def get_thread(self, thread_id: str) -> AIThread:
         """The thread ``thread_id``; raises ``ThreadNotFoundError`` if there is none."""
         row = await self._db.fetch_one(
-            self._get_thread, (rows.text("thread_id", thread_id),), row_factory=tuple_row, read=True
+            self._q.get_thread,
+            (rows.text("thread_id", thread_id),),
+            row_factory=tuple_row,
+            read=True,
         )
         if row is None:
             raise ThreadNotFoundError(thread_id)
@@ -118,7 +103,7 @@ class AsyncPgAIStorageService(AsyncPgService):
     async def get_threads(self, resource_id: str) -> list[AIThread]:
         """The threads of ``resource_id``, most recently updated first."""
         found = await self._db.fetch_all(
-            self._get_threads,
+            self._q.get_threads,
             (rows.text("resource_id", resource_id),),
             row_factory=tuple_row,
             read=True,
@@ -131,7 +116,7 @@ class AsyncPgAIStorageService(AsyncPgService):
         Deleting a thread that does not exist does nothing.
         """
         await self._db.execute(
-            self._delete_thread, {"thread_id": rows.text("thread_id", thread_id)}
+            self._q.delete_thread, {"thread_id": rows.text("thread_id", thread_id)}
         )
 
     # --- messages --------------------------------------------------------------------------
@@ -153,14 +138,14 @@ class AsyncPgAIStorageService(AsyncPgService):
         }
         if cursor is None:
             found = await self._db.fetch_all(
-                self._get_messages, params, row_factory=tuple_row, read=True
+                self._q.get_messages, params, row_factory=tuple_row, read=True
             )
             return rows.messages_from_rows(found)
         params["cursor"] = rows.text("cursor", cursor)
         if params["limit"] is None:
             params["limit"] = rows.DEFAULT_PAGE
         found = await self._db.fetch_all(
-            self._get_messages_before, params, row_factory=tuple_row, read=True
+            self._q.get_messages_before, params, row_factory=tuple_row, read=True
         )
         if not found:
             raise MessageNotFoundError(
@@ -188,7 +173,7 @@ class AsyncPgAIStorageService(AsyncPgService):
         if params is None:
             return
         with rows.translate_errors(f"save_messages({quote(tid)})", tid):
-            row = await self._db.fetch_one(self._save_messages, params, row_factory=tuple_row)
+            row = await self._db.fetch_one(self._q.save_messages, params, row_factory=tuple_row)
         assert row is not None
         rows.check_save_verdict(tid, row)
 
@@ -197,7 +182,7 @@ class AsyncPgAIStorageService(AsyncPgService):
     async def get_working_memory(self, id: str, scope: str) -> dict[str, Any] | None:
         """The working memory of a thread or resource (``scope``), or None."""
         row = await self._db.fetch_one(
-            self._get_memory,
+            self._q.get_working_memory,
             (rows.text("id", id), rows.scope(scope)),
             row_factory=tuple_row,
             read=True,
@@ -207,7 +192,9 @@ class AsyncPgAIStorageService(AsyncPgService):
     async def save_working_memory(self, id: str, scope: str, data: Mapping[str, Any]) -> None:
         """Replace the working memory of a thread or resource."""
         encoded = json_text("working memory", rows.json_object("data", data))
-        await self._db.execute(self._save_memory, (rows.text("id", id), rows.scope(scope), encoded))
+        await self._db.execute(
+            self._q.save_working_memory, (rows.text("id", id), rows.scope(scope), encoded)
+        )
 
     async def update_working_memory(
         self, id: str, scope: str, patch: Mapping[str, Any]
@@ -221,7 +208,7 @@ class AsyncPgAIStorageService(AsyncPgService):
             "scope": rows.scope(scope),
             "patch": json_text("working memory patch", rows.json_object("patch", patch)),
         }
-        row = await self._db.fetch_one(self._update_memory, params, row_factory=tuple_row)
+        row = await self._db.fetch_one(self._q.update_working_memory, params, row_factory=tuple_row)
         assert row is not None
         return read_object(row[0]) or {}
 
@@ -235,7 +222,7 @@ class AsyncPgAIStorageService(AsyncPgService):
         """
         params = rows.encode_new_run(run)
         plain = params["a_ids"] == EMPTY_ARRAY
-        query = self._create_run_plain if plain else self._create_run
+        query = self._q.create_run_plain if plain else self._q.create_run
         with rows.translate_errors("create_run", params["thread_id"]):
             row = await self._db.fetch_one(query, params, row_factory=tuple_row)
         assert row is not None
@@ -251,38 +238,28 @@ class AsyncPgAIStorageService(AsyncPgService):
         """
         params = rows.encode_run_update(rows.text("run_id", run_id), updates)
         if not params["set_approvals"]:
-            query = self._update_run_plain(rows.given_run_fields(params))
+            query = self._q.update_run_plain[rows.given_run_fields(params)]
             if await self._db.execute(query, params) == 0:
                 raise RunNotFoundError(run_id)
             return
         with rows.translate_errors(f"update_run({quote(run_id)})"):
-            row = await self._db.fetch_one(self._update_run, params, row_factory=tuple_row)
+            row = await self._db.fetch_one(self._q.update_run, params, row_factory=tuple_row)
         assert row is not None
         if not row[0]:
             raise RunNotFoundError(run_id)
         rows.check_missing_tool_calls(row[1])
 
-    def _update_run_plain(self, fields: tuple[str, ...]) -> bytes:
-        """The UPDATE of exactly these run fields (rendered once per combination)."""
-        query = self._update_run_queries.get(fields)
-        if query is None:
-            query = render(q.UPDATE_RUN_PLAIN_HEAD, self._schema)
-            query += "".join(q.UPDATE_RUN_PLAIN_FIELDS[f] for f in fields).encode()
-            query += q.UPDATE_RUN_PLAIN_TAIL.encode()
-            self._update_run_queries[fields] = query
-        return query
-
     async def get_run(self, run_id: str) -> AgentRunState | None:
         """The run with its pending approvals, or None."""
         row = await self._db.fetch_one(
-            self._get_run, (rows.text("run_id", run_id),), row_factory=tuple_row, read=True
+            self._q.get_run, (rows.text("run_id", run_id),), row_factory=tuple_row, read=True
         )
         return None if row is None else rows.run_from_row(row)
 
     async def get_runs_by_thread(self, thread_id: str) -> list[AgentRunState]:
         """The runs of a thread, newest first, with their pending approvals (one query)."""
         found = await self._db.fetch_all(
-            self._get_runs_by_thread,
+            self._q.get_runs_by_thread,
             {"thread_id": rows.text("thread_id", thread_id)},
             row_factory=tuple_row,
             read=True,
@@ -292,7 +269,7 @@ class AsyncPgAIStorageService(AsyncPgService):
     async def find_run_by_tool_call_id(self, tool_call_id: str) -> AgentRunApproval | None:
         """The run waiting for approval of ``tool_call_id`` and that approval, or None."""
         row = await self._db.fetch_one(
-            self._find_run,
+            self._q.find_run_by_tool_call_id,
             (rows.text("tool_call_id", tool_call_id),),
             row_factory=tuple_row,
             read=True,
@@ -307,7 +284,7 @@ class AsyncPgAIStorageService(AsyncPgService):
         calls for one tool call exactly one gets True.
         """
         params = (rows.approval_status(status), rows.text("tool_call_id", tool_call_id))
-        return await self._db.execute(self._resolve_approval, params) == 1
+        return await self._db.execute(self._q.resolve_approval, params) == 1
 
 
 class AsyncPgAgentRunService(AsyncPgService):
@@ -318,17 +295,7 @@ class AsyncPgAgentRunService(AsyncPgService):
     default_schema: ClassVar[str] = q.COMPONENT.default_schema
 
     def _prepare_queries(self) -> None:
-        s = self._schema
-        self._select = render(q.LIST_THREADS_SELECT, s)
-        self._by_agent = render(q.LIST_THREADS_BY_AGENT, s)
-        self._by_resource = render(q.LIST_THREADS_BY_RESOURCE, s)
-        self._by_owners = render(q.LIST_THREADS_BY_OWNERS, s)
-        self._page = render(q.LIST_THREADS_PAGE, s)
-        self._get_thread = render(q.GET_THREAD, s)
-        self._get_messages = render(q.GET_MESSAGES, s)
-        self._get_runs = render(q.GET_THREAD_RUNS, s)
-        self._delete_thread = render(q.DELETE_THREAD, s)
-        self._agent_names = render(q.DISTINCT_AGENT_NAMES, s)
+        self._q = AIQueries.render(self._schema)
 
     async def list_threads(
         self,
@@ -350,34 +317,34 @@ class AsyncPgAgentRunService(AsyncPgService):
             "limit": rows.non_negative_int("limit", limit),
             "offset": rows.non_negative_int("offset", offset),
         }
-        query = self._select
         if agent_name is not None:
             params["agent_name"] = rows.text("agent_name", agent_name)
-            query += self._by_agent
         if resource_id is not None:
             params["resource_id"] = rows.text("resource_id", resource_id)
-            query += self._by_resource
         if owners is not None:
             params["owners"] = check_text_list("owners", owners, item="owner")
             if not params["owners"]:
                 return []
-            query += self._by_owners
+        filters = tuple(name for name in ("agent_name", "resource_id", "owners") if name in params)
         found = await self._db.fetch_all(
-            query + self._page, params, row_factory=tuple_row, read=True
+            self._q.list_threads[filters], params, row_factory=tuple_row, read=True
         )
         return [rows.thread_from_row(row) for row in found]
 
     async def get_thread(self, thread_id: str) -> AIThread | None:
         """The thread, or None."""
         row = await self._db.fetch_one(
-            self._get_thread, (rows.text("thread_id", thread_id),), row_factory=tuple_row, read=True
+            self._q.get_thread,
+            (rows.text("thread_id", thread_id),),
+            row_factory=tuple_row,
+            read=True,
         )
         return None if row is None else rows.thread_from_row(row)
 
     async def get_thread_messages(self, thread_id: str) -> list[AIMessage]:
         """All messages of a thread, oldest first (same mapping as ``get_messages``)."""
         found = await self._db.fetch_all(
-            self._get_messages,
+            self._q.get_messages,
             {"thread_id": rows.text("thread_id", thread_id), "limit": None},
             row_factory=tuple_row,
             read=True,
@@ -387,18 +354,23 @@ class AsyncPgAgentRunService(AsyncPgService):
     async def get_thread_runs(self, thread_id: str) -> list[AgentRunRow]:
         """The runs of a thread, newest first, with their error messages."""
         found = await self._db.fetch_all(
-            self._get_runs, (rows.text("thread_id", thread_id),), row_factory=tuple_row, read=True
+            self._q.get_thread_runs,
+            (rows.text("thread_id", thread_id),),
+            row_factory=tuple_row,
+            read=True,
         )
         return [rows.run_row_from_row(row) for row in found]
 
     async def delete_thread(self, thread_id: str) -> bool:
         """Delete a thread and everything in it; returns whether it existed."""
         deleted = await self._db.execute(
-            self._delete_thread, {"thread_id": rows.text("thread_id", thread_id)}
+            self._q.delete_thread, {"thread_id": rows.text("thread_id", thread_id)}
         )
         return deleted > 0
 
     async def get_distinct_agent_names(self) -> list[str]:
         """The names of the agents that have runs, sorted."""
-        found = await self._db.fetch_all(self._agent_names, None, row_factory=tuple_row, read=True)
+        found = await self._db.fetch_all(
+            self._q.distinct_agent_names, None, row_factory=tuple_row, read=True
+        )
         return [row[0] for row in found]

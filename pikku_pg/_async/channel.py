@@ -21,7 +21,7 @@ from pikku_pg._rows.channel import (
     session_param,
 )
 from pikku_pg._sql import channel as sql
-from pikku_pg._sql import render
+from pikku_pg._sql.channel import ChannelQueries
 from pikku_pg.errors import ChannelExistsError, ChannelNotFoundError
 from pikku_pg.migrations import Component
 from pikku_pg.models.channel import Channel
@@ -39,10 +39,7 @@ class AsyncPgChannelStore(AsyncPgService):
     default_schema: ClassVar[str] = sql.COMPONENT.default_schema
 
     def _prepare_queries(self) -> None:
-        self._add = render(sql.ADD_CHANNEL, self._schema)
-        self._remove = render(sql.REMOVE_CHANNELS, self._schema)
-        self._set_session = render(sql.SET_USER_SESSION, self._schema)
-        self._get = render(sql.GET_CHANNEL_AND_SESSION, self._schema)
+        self._q = ChannelQueries.render(self._schema)
 
     async def add_channel(
         self,
@@ -57,7 +54,7 @@ class AsyncPgChannelStore(AsyncPgService):
         and leaves the stored channel unchanged.
         """
         params = channel_input(channel_id, channel_name, opening_data)
-        row = await self._db.fetch_one(self._add, params, row_factory=tuple_row)
+        row = await self._db.fetch_one(self._q.add_channel, params, row_factory=tuple_row)
         if row is None:
             raise ChannelExistsError(params[0])
 
@@ -66,7 +63,7 @@ class AsyncPgChannelStore(AsyncPgService):
         ids = check_channel_ids(channel_ids)
         if not ids:
             return
-        await self._db.execute(self._remove, (text_array(ids),))
+        await self._db.execute(self._q.remove_channels, (text_array(ids),))
 
     async def set_user_session(self, channel_id: str, session: Any) -> None:
         """Set (a dict or pydantic model) or clear (``None``) the user session of a channel.
@@ -75,7 +72,7 @@ class AsyncPgChannelStore(AsyncPgService):
         """
         channel_id = check_channel_id(channel_id)
         value = session_param(session)
-        if await self._db.execute(self._set_session, (value, channel_id)) == 0:
+        if await self._db.execute(self._q.set_user_session, (value, channel_id)) == 0:
             raise ChannelNotFoundError(channel_id)
 
     async def get_channel_and_session(self, channel_id: str) -> Channel:
@@ -84,7 +81,9 @@ class AsyncPgChannelStore(AsyncPgService):
         Raises :class:`ChannelNotFoundError` when the channel does not exist.
         """
         channel_id = check_channel_id(channel_id)
-        row = await self._db.fetch_one(self._get, (channel_id,), row_factory=tuple_row, read=True)
+        row = await self._db.fetch_one(
+            self._q.get_channel_and_session, (channel_id,), row_factory=tuple_row, read=True
+        )
         if row is None:
             raise ChannelNotFoundError(channel_id)
         return channel_from_row(row)
@@ -100,9 +99,7 @@ class AsyncPgEventHubStore(AsyncPgService):
     default_schema: ClassVar[str] = sql.COMPONENT.default_schema
 
     def _prepare_queries(self) -> None:
-        self._subscribe = render(sql.SUBSCRIBE, self._schema)
-        self._unsubscribe = render(sql.UNSUBSCRIBE, self._schema)
-        self._channel_ids = render(sql.GET_CHANNEL_IDS_FOR_TOPIC, self._schema)
+        self._q = ChannelQueries.render(self._schema)
 
     async def subscribe(self, topic: str, channel_id: str) -> bool:
         """Subscribe a channel to a topic (idempotent).
@@ -112,7 +109,7 @@ class AsyncPgEventHubStore(AsyncPgService):
         """
         params = {"topic": check_topic(topic), "channel_id": check_channel_id(channel_id)}
         try:
-            row = await self._db.fetch_one(self._subscribe, params, row_factory=tuple_row)
+            row = await self._db.fetch_one(self._q.subscribe, params, row_factory=tuple_row)
         except pg_errors.ForeignKeyViolation:
             return False  # the channel was removed while we subscribed it
         return bool(row and row[0])
@@ -121,12 +118,12 @@ class AsyncPgEventHubStore(AsyncPgService):
         """Remove a subscription; returns whether there was one."""
         topic = check_text("topic", topic)
         channel_id = check_channel_id(channel_id)
-        return await self._db.execute(self._unsubscribe, (channel_id, topic)) > 0
+        return await self._db.execute(self._q.unsubscribe, (channel_id, topic)) > 0
 
     async def get_channel_ids_for_topic(self, topic: str) -> list[str]:
         """The ids of the channels subscribed to ``topic``, sorted."""
         topic = check_text("topic", topic)
         rows = await self._db.fetch_all(
-            self._channel_ids, (topic,), row_factory=tuple_row, read=True
+            self._q.get_channel_ids_for_topic, (topic,), row_factory=tuple_row, read=True
         )
         return [row[0] for row in rows]

@@ -20,7 +20,7 @@ from pikku_pg._rows.deployment import (
     deployment_input,
 )
 from pikku_pg._sql import deployment as sql
-from pikku_pg._sql import render
+from pikku_pg._sql.deployment import DeploymentQueries
 from pikku_pg.errors import ConflictError, InvalidInputError
 from pikku_pg.migrations import Component
 from pikku_pg.models._base import trusted
@@ -71,11 +71,6 @@ class AsyncPgDeploymentService(AsyncPgService):
         super().__init__(conn, schema, connect_kwargs=connect_kwargs, pool_kwargs=pool_kwargs)
         self._interval = interval
         self._ttl = ttl
-        self._upsert = render(sql.UPSERT, self._schema)
-        self._heartbeat = render(sql.HEARTBEAT, self._schema)
-        self._delete = render(sql.DELETE, self._schema)
-        self._find = render(sql.FIND_FUNCTION, self._schema)
-        self._list = render(sql.LIST_DEPLOYMENTS, self._schema)
         self._config: tuple[str, str, list[str]] | None = None
         self._task: Any = None
         self._stopping = False
@@ -83,6 +78,9 @@ class AsyncPgDeploymentService(AsyncPgService):
         self._stopped = False
         self._beats = 0
         self._failures = 0
+
+    def _prepare_queries(self) -> None:
+        self._q = DeploymentQueries.render(self._schema)
 
     @property
     def deployment_id(self) -> str | None:
@@ -116,7 +114,7 @@ class AsyncPgDeploymentService(AsyncPgService):
                 f"deployment service already started as {self._config[0]!r}; call stop() first"
             )
         config = deployment_input(deployment_id, endpoint, functions)
-        await self._db.execute(self._upsert, config)
+        await self._db.execute(self._q.upsert, config)
         self._config = config
         self._task = aspawn(self._beat_loop, (config,), name=f"pikku_pg heartbeat {config[0]}")
 
@@ -131,7 +129,7 @@ class AsyncPgDeploymentService(AsyncPgService):
         await self._stop_heartbeat()
         try:
             if self._config is not None:
-                await self._db.execute(self._delete, (self._config[0],))
+                await self._db.execute(self._q.delete, (self._config[0],))
         finally:
             await super().close()
 
@@ -147,7 +145,9 @@ class AsyncPgDeploymentService(AsyncPgService):
         """
         name = check_function_name(name)
         params = (text_array((name,)), self._ttl)
-        rows = await self._db.fetch_all(self._find, params, row_factory=tuple_row, read=True)
+        rows = await self._db.fetch_all(
+            self._q.find_function, params, row_factory=tuple_row, read=True
+        )
         return [deployment_from_row(row) for row in rows]
 
     async def list_deployments(
@@ -171,7 +171,9 @@ class AsyncPgDeploymentService(AsyncPgService):
             "ttl": self._ttl if ttl is None else check_seconds("ttl", ttl),
             "limit": check_int("limit", limit, min=1, max=MAX_INT4),
         }
-        rows = await self._db.fetch_all(self._list, params, row_factory=tuple_row, read=True)
+        rows = await self._db.fetch_all(
+            self._q.list_deployments, params, row_factory=tuple_row, read=True
+        )
         return [_status_from_row(row) for row in rows]
 
     async def _stop_heartbeat(self) -> None:
@@ -189,10 +191,10 @@ class AsyncPgDeploymentService(AsyncPgService):
             if await await_event(self._stop_event, self._interval) or self._stopping:
                 return
             try:
-                if await self._db.execute(self._heartbeat, (deployment_id,)) == 0:
+                if await self._db.execute(self._q.heartbeat, (deployment_id,)) == 0:
                     if self._stopping:
                         return
-                    await self._db.execute(self._upsert, config)
+                    await self._db.execute(self._q.upsert, config)
                     logger.warning(
                         "deployment %r was missing from the registry: registered again",
                         deployment_id,

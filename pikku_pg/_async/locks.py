@@ -24,16 +24,11 @@ from psycopg.rows import tuple_row
 
 from pikku_pg._async._database import AsyncDatabase
 from pikku_pg._check import check_number
-from pikku_pg._sql.workflow import (
-    LOCK,
-    RESTORE_LOCK_TIMEOUT,
-    SET_LOCK_TIMEOUT,
-    TRY_LOCK,
-    UNLOCK,
-)
+from pikku_pg._sql.workflow import LockQueries
 from pikku_pg.errors import DatabaseUnavailableError, LockTimeoutError
 
 _MAX_LOCK_TIMEOUT_MS = 2**31 - 1
+_Q = LockQueries.unscoped()
 
 
 def check_timeout(timeout: object) -> float | None:
@@ -52,9 +47,9 @@ async def _acquire(conn: AsyncConnection[Any], key: str, timeout: float | None, 
     params = {"key": key}
     cur = conn.cursor(row_factory=tuple_row)
     if timeout is None:
-        await cur.execute(LOCK, params)
+        await cur.execute(_Q.lock, params)
     elif timeout <= 0:
-        await cur.execute(TRY_LOCK, params)
+        await cur.execute(_Q.try_lock, params)
         row = await cur.fetchone()
         if not row or not row[0]:
             raise LockTimeoutError(f"{what} is locked by another holder")
@@ -64,9 +59,9 @@ async def _acquire(conn: AsyncConnection[Any], key: str, timeout: float | None, 
         ms = f"{max(1, round(timeout * 1000))}ms"
         try:
             async with conn.pipeline(), conn.transaction():
-                await cur.execute(SET_LOCK_TIMEOUT, {"timeout": ms})
-                await cur.execute(LOCK, params)
-                await cur.execute(RESTORE_LOCK_TIMEOUT)
+                await cur.execute(_Q.set_lock_timeout, {"timeout": ms})
+                await cur.execute(_Q.lock, params)
+                await cur.execute(_Q.restore_lock_timeout)
         except psycopg.errors.LockNotAvailable:
             raise LockTimeoutError(f"could not lock {what} within {timeout:g} s") from None
 
@@ -104,7 +99,7 @@ async def advisory_lock(
         finally:
             try:
                 async with db.connection() as conn:
-                    await conn.execute(UNLOCK, {"key": key})
+                    await conn.execute(_Q.unlock, {"key": key})
             except (psycopg.OperationalError, DatabaseUnavailableError):
                 pass  # the connection is gone, and the lock with it
         return
@@ -136,7 +131,7 @@ async def advisory_lock(
 
 async def _release(conn: AsyncConnection[Any], key: str) -> None:
     try:
-        await conn.execute(UNLOCK, {"key": key})
+        await conn.execute(_Q.unlock, {"key": key})
         await _end_transaction(conn)
     except BaseException as exc:
         # A lock that cannot be released must not go back to the pool with its

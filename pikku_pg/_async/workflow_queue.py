@@ -36,7 +36,7 @@ from pikku_pg._rows.workflow import (
     step_uuid,
 )
 from pikku_pg._rows.workflow_engine import check_backoff, notify_channel
-from pikku_pg._sql.workflow_queue import queue_queries
+from pikku_pg._sql.workflow_queue import QueueQueries
 from pikku_pg.errors import LeaseLostError, StepExistsError
 from pikku_pg.models.workflow import RunActivity, WorkflowRun, WorkflowRunWire
 
@@ -82,7 +82,7 @@ class AsyncWorkflowQueue:
 
     def __init__(self, db: AsyncDatabase, schema: str) -> None:
         self._db = db
-        self._q = queue_queries(schema)
+        self._q = QueueQueries.render(schema)
         #: The NOTIFY channel that wakes idle workers.
         self.channel = notify_channel(schema)
 

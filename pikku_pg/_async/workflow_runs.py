@@ -22,7 +22,7 @@ from pikku_pg._rows.workflow import (
     run_step_from_row,
     version_from_row,
 )
-from pikku_pg._sql.workflow import WORKFLOW, WorkflowQueries, workflow_queries
+from pikku_pg._sql.workflow import WORKFLOW, WorkflowQueries
 from pikku_pg.errors import WorkflowRunNotFoundError
 from pikku_pg.migrations import Component
 from pikku_pg.models.workflow import (
@@ -99,7 +99,7 @@ class AsyncPgWorkflowRunService(AsyncPgService):
     default_schema: ClassVar[str] = WORKFLOW.default_schema
 
     def _prepare_queries(self) -> None:
-        self._q = workflow_queries(self._schema)
+        self._q = WorkflowQueries.render(self._schema)
 
     async def list_runs(
         self,
@@ -119,11 +119,8 @@ class AsyncPgWorkflowRunService(AsyncPgService):
             params["workflow"] = check_text("workflow_name", workflow_name)
         if status is not None:
             params["status"] = check_workflow_status(status)
-        q = self._q
-        if workflow_name is not None:
-            query = q.list_runs_by_both if status is not None else q.list_runs_by_workflow
-        else:
-            query = q.list_runs_by_status if status is not None else q.list_runs
+        filters = tuple(name for name in ("workflow", "status") if name in params)
+        query = self._q.list_runs[filters]
         rows = await self._db.fetch_all(query, params, row_factory=dict_row, read=True)
         return [run_from_row(r) for r in rows]
 

@@ -51,7 +51,7 @@ from pikku_pg._rows.workflow import (
     step_state_from_row,
     step_uuid,
 )
-from pikku_pg._sql.workflow import WORKFLOW, workflow_queries
+from pikku_pg._sql.workflow import WORKFLOW, WorkflowQueries
 from pikku_pg.errors import (
     InvalidInputError,
     StepExistsError,
@@ -86,7 +86,7 @@ class AsyncWorkflowStateStore(AsyncPgService):
     default_schema: ClassVar[str] = WORKFLOW.default_schema
 
     def _prepare_queries(self) -> None:
-        self._q = workflow_queries(self._schema)
+        self._q = WorkflowQueries.render(self._schema)
 
     # ------------------------------------------------------------------ runs
 

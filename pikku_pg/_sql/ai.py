@@ -22,6 +22,10 @@ input nothing is written and the service raises.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from pikku_pg._sql import QuerySet, compose, statement, statement_variants, variants
 from pikku_pg.migrations import Component, Migration
 
 V1_TYPESCRIPT_TABLES = """\
@@ -129,7 +133,7 @@ COMPONENT = Component(
 
 # --- threads -------------------------------------------------------------------------
 
-THREAD_COLUMNS = "id, resource_id, title, metadata, created_at, updated_at"
+_THREAD_COLUMNS = "id, resource_id, title, metadata, created_at, updated_at"
 
 CREATE_THREAD = """\
 INSERT INTO {schema}.ai_threads (id, resource_id, title, metadata)
@@ -137,18 +141,24 @@ VALUES (%s, %s, %s, %s::jsonb)
 RETURNING created_at, updated_at
 """
 
-GET_THREAD = f"""\
-SELECT {THREAD_COLUMNS}
-FROM {{schema}}.ai_threads
+GET_THREAD = compose(
+    """\
+SELECT {columns}
+FROM {schema}.ai_threads
 WHERE id = %s
-"""
+""",
+    columns=_THREAD_COLUMNS,
+)
 
-GET_THREADS = f"""\
-SELECT {THREAD_COLUMNS}
-FROM {{schema}}.ai_threads
+GET_THREADS = compose(
+    """\
+SELECT {columns}
+FROM {schema}.ai_threads
 WHERE resource_id = %s
 ORDER BY updated_at DESC, id
-"""
+""",
+    columns=_THREAD_COLUMNS,
+)
 
 # Thread-scoped working memory belongs to the thread; messages, tool calls and runs
 # go with it through ON DELETE CASCADE.
@@ -171,9 +181,9 @@ SELECT m.id, m.role, m.content, m.created_at,
          WHERE c.message_id = m.id) AS tool_calls"""
 
 # The newest ``limit`` messages (all of them when the limit is NULL), oldest first.
-GET_MESSAGES = (
-    _MESSAGE_SELECT
-    + """
+GET_MESSAGES = compose(
+    """\
+{message_select}
 FROM (
     SELECT id, role, content, created_at, seq
     FROM {schema}.ai_message
@@ -182,14 +192,15 @@ FROM (
     LIMIT %(limit)s
 ) m
 ORDER BY m.created_at, m.seq
-"""
+""",
+    message_select=_MESSAGE_SELECT,
 )
 
 # The ``limit`` messages just before the cursor message. No row at all when the cursor
 # is not a message of this thread; one row of NULLs when nothing comes before it.
-GET_MESSAGES_BEFORE = (
-    _MESSAGE_SELECT
-    + """
+GET_MESSAGES_BEFORE = compose(
+    """\
+{message_select}
 FROM (
     SELECT created_at, seq
     FROM {schema}.ai_message
@@ -204,7 +215,8 @@ LEFT JOIN LATERAL (
     LIMIT %(limit)s
 ) m ON true
 ORDER BY m.created_at, m.seq
-"""
+""",
+    message_select=_MESSAGE_SELECT,
 )
 
 # One statement: checks, then (only if they pass) the message rows, their tool calls
@@ -310,7 +322,7 @@ RETURNING data
 
 # --- agent runs ------------------------------------------------------------------------
 
-RUN_COLUMNS = """\
+_RUN_COLUMNS = """\
 r.run_id, r.agent_name, r.thread_id, r.resource_id, r.status, r.error_message,
        r.suspend_reason, r.missing_rpcs, r.usage_input_tokens, r.usage_output_tokens,
        r.usage_model, r.created_at, r.updated_at"""
@@ -331,10 +343,10 @@ approvals AS (
          AS a(id, type, agent_run_id, display_tool_name, display_args)
 )"""
 
-CREATE_RUN = (
-    "WITH\n"
-    + _APPROVALS_CTE
-    + """,
+CREATE_RUN = compose(
+    """\
+WITH
+{approvals},
 verdict AS (
     SELECT
         EXISTS (SELECT 1 FROM {schema}.ai_threads WHERE id = %(thread_id)s) AS thread_found,
@@ -368,7 +380,8 @@ pending AS (
 SELECT v.thread_found, v.missing_ids, (SELECT run_id FROM new_run),
        (SELECT count(*) FROM pending)
 FROM verdict v
-"""
+""",
+    approvals=_APPROVALS_CTE,
 )
 
 # The common case, a run without pending approvals: a plain INSERT. Small statements
@@ -386,28 +399,30 @@ VALUES (%(agent_name)s, %(thread_id)s, %(resource_id)s, %(status)s, %(error_mess
 RETURNING run_id
 """
 
-# An update without pending approvals: the SET list holds only the fields given
-# (the service joins these fragments; they are constants, never user text).
-UPDATE_RUN_PLAIN_HEAD = "UPDATE {schema}.ai_run SET updated_at = now()"
-UPDATE_RUN_PLAIN_FIELDS = {
-    "status": ", status = %(status)s",
-    "error_message": ", error_message = %(error_message)s",
-    "suspend_reason": ", suspend_reason = %(suspend_reason)s",
-    "missing_rpcs": ", missing_rpcs = %(missing_rpcs)s::jsonb",
-    "usage": (
-        ", usage_input_tokens = %(input_tokens)s, usage_output_tokens = %(output_tokens)s"
-        ", usage_model = %(model)s"
-    ),
-}
-UPDATE_RUN_PLAIN_TAIL = " WHERE run_id = %(run_id)s"
+# An update without pending approvals: the SET list holds only the fields given, one
+# statement per combination, keyed by the given fields (``_rows.ai.given_run_fields``).
+UPDATE_RUN_PLAIN = variants(
+    "UPDATE {schema}.ai_run SET updated_at = now(){fields} WHERE run_id = %(run_id)s",
+    "fields",
+    {
+        "status": ", status = %(status)s",
+        "error_message": ", error_message = %(error_message)s",
+        "suspend_reason": ", suspend_reason = %(suspend_reason)s",
+        "missing_rpcs": ", missing_rpcs = %(missing_rpcs)s::jsonb",
+        "usage": (
+            ", usage_input_tokens = %(input_tokens)s, usage_output_tokens = %(output_tokens)s"
+            ", usage_model = %(model)s"
+        ),
+    },
+)
 
 # Only the fields flagged as given change. When approvals are given, one UPDATE makes
 # the run's pending set exactly the given one: given tool calls become pending for
 # this run, the run's other pending ones are cleared (approved/denied ones are kept).
-UPDATE_RUN = (
-    "WITH\n"
-    + _APPROVALS_CTE
-    + """,
+UPDATE_RUN = compose(
+    """\
+WITH
+{approvals},
 run AS (
     SELECT run_id, thread_id FROM {schema}.ai_run WHERE run_id = %(run_id)s
 ),
@@ -460,41 +475,54 @@ pending AS (
 )
 SELECT v.run_found, v.missing_ids, (SELECT count(*) FROM updated), (SELECT count(*) FROM pending)
 FROM verdict v
-"""
+""",
+    approvals=_APPROVALS_CTE,
 )
 
-GET_RUN = f"""\
-SELECT {RUN_COLUMNS},
-       (SELECT {_APPROVAL_ARRAY}
-          FROM {{schema}}.ai_tool_call c
+GET_RUN = compose(
+    """\
+SELECT {columns},
+       (SELECT {approval_array}
+          FROM {schema}.ai_tool_call c
          WHERE c.run_id = r.run_id AND c.approval_status = 'pending') AS approvals
-FROM {{schema}}.ai_run r
+FROM {schema}.ai_run r
 WHERE r.run_id = %s
-"""
+""",
+    columns=_RUN_COLUMNS,
+    approval_array=_APPROVAL_ARRAY,
+)
 
 # The thread's pending approvals are grouped once, not looked up per run.
-GET_RUNS_BY_THREAD = f"""\
-SELECT {RUN_COLUMNS}, p.approvals
-FROM {{schema}}.ai_run r
+GET_RUNS_BY_THREAD = compose(
+    """\
+SELECT {columns}, p.approvals
+FROM {schema}.ai_run r
 LEFT JOIN (
-    SELECT c.run_id, {_APPROVAL_ARRAY} AS approvals
-    FROM {{schema}}.ai_tool_call c
+    SELECT c.run_id, {approval_array} AS approvals
+    FROM {schema}.ai_tool_call c
     WHERE c.thread_id = %(thread_id)s AND c.approval_status = 'pending'
     GROUP BY c.run_id
 ) p ON p.run_id = r.run_id
 WHERE r.thread_id = %(thread_id)s
 ORDER BY r.created_at DESC, r.seq DESC
-"""
+""",
+    columns=_RUN_COLUMNS,
+    approval_array=_APPROVAL_ARRAY,
+)
 
-FIND_RUN_BY_TOOL_CALL_ID = f"""\
-SELECT {RUN_COLUMNS},
-       (SELECT {_APPROVAL_ARRAY}
-          FROM {{schema}}.ai_tool_call c
+FIND_RUN_BY_TOOL_CALL_ID = compose(
+    """\
+SELECT {columns},
+       (SELECT {approval_array}
+          FROM {schema}.ai_tool_call c
          WHERE c.run_id = r.run_id AND c.approval_status = 'pending') AS approvals
-FROM {{schema}}.ai_tool_call t
-JOIN {{schema}}.ai_run r ON r.run_id = t.run_id
+FROM {schema}.ai_tool_call t
+JOIN {schema}.ai_run r ON r.run_id = t.run_id
 WHERE t.id = %s AND t.approval_status = 'pending'
-"""
+""",
+    columns=_RUN_COLUMNS,
+    approval_array=_APPROVAL_ARRAY,
+)
 
 # A compare-and-set: only a pending approval changes. Under READ COMMITTED a second
 # concurrent writer waits for the row lock, re-checks the condition and finds nothing.
@@ -505,36 +533,69 @@ WHERE id = %s AND approval_status = 'pending'
 
 # --- console (read-only) -----------------------------------------------------------------
 
-LIST_THREADS_SELECT = f"""\
-SELECT {THREAD_COLUMNS}
-FROM {{schema}}.ai_threads t
-WHERE true"""
-
-LIST_THREADS_BY_AGENT = """
-  AND EXISTS (SELECT 1 FROM {schema}.ai_run r
-               WHERE r.thread_id = t.id AND r.agent_name = %(agent_name)s)"""
-
-LIST_THREADS_BY_RESOURCE = """
-  AND t.resource_id = %(resource_id)s"""
-
-# starts_with: '%' and '_' in an owner are plain characters.
-LIST_THREADS_BY_OWNERS = """
-  AND (t.resource_id = ANY(%(owners)s::text[])
-       OR EXISTS (SELECT 1 FROM unnest(%(owners)s::text[]) o
-                   WHERE starts_with(t.resource_id, o || ':')))"""
-
-LIST_THREADS_PAGE = """
+# One statement per combination of filters, keyed by the names of the filters given
+# (each a parameter of the statement), in this order.
+LIST_THREADS = variants(
+    """\
+SELECT {columns}
+FROM {schema}.ai_threads t
+WHERE true{filters}
 ORDER BY t.updated_at DESC, t.id
 LIMIT %(limit)s OFFSET %(offset)s
-"""
+""",
+    "filters",
+    {
+        "agent_name": """
+  AND EXISTS (SELECT 1 FROM {schema}.ai_run r
+               WHERE r.thread_id = t.id AND r.agent_name = %(agent_name)s)""",
+        "resource_id": """
+  AND t.resource_id = %(resource_id)s""",
+        # starts_with: '%' and '_' in an owner are plain characters.
+        "owners": """
+  AND (t.resource_id = ANY(%(owners)s::text[])
+       OR EXISTS (SELECT 1 FROM unnest(%(owners)s::text[]) o
+                   WHERE starts_with(t.resource_id, o || ':')))""",
+    },
+    columns=_THREAD_COLUMNS,
+)
 
-GET_THREAD_RUNS = f"""\
-SELECT {RUN_COLUMNS}
-FROM {{schema}}.ai_run r
+GET_THREAD_RUNS = compose(
+    """\
+SELECT {columns}
+FROM {schema}.ai_run r
 WHERE r.thread_id = %s
 ORDER BY r.created_at DESC, r.seq DESC
-"""
+""",
+    columns=_RUN_COLUMNS,
+)
 
 DISTINCT_AGENT_NAMES = """\
 SELECT DISTINCT agent_name FROM {schema}.ai_run ORDER BY agent_name
 """
+
+
+@dataclass(frozen=True)
+class AIQueries(QuerySet):
+    """The statements of the ``ai`` component (both AI services use them)."""
+
+    create_thread: bytes = statement(CREATE_THREAD)
+    get_thread: bytes = statement(GET_THREAD)
+    get_threads: bytes = statement(GET_THREADS)
+    delete_thread: bytes = statement(DELETE_THREAD)
+    get_messages: bytes = statement(GET_MESSAGES)
+    get_messages_before: bytes = statement(GET_MESSAGES_BEFORE)
+    save_messages: bytes = statement(SAVE_MESSAGES)
+    get_working_memory: bytes = statement(GET_WORKING_MEMORY)
+    save_working_memory: bytes = statement(SAVE_WORKING_MEMORY)
+    update_working_memory: bytes = statement(UPDATE_WORKING_MEMORY)
+    create_run: bytes = statement(CREATE_RUN)
+    create_run_plain: bytes = statement(CREATE_RUN_PLAIN)
+    update_run_plain: Mapping[tuple[str, ...], bytes] = statement_variants(UPDATE_RUN_PLAIN)
+    update_run: bytes = statement(UPDATE_RUN)
+    get_run: bytes = statement(GET_RUN)
+    get_runs_by_thread: bytes = statement(GET_RUNS_BY_THREAD)
+    find_run_by_tool_call_id: bytes = statement(FIND_RUN_BY_TOOL_CALL_ID)
+    resolve_approval: bytes = statement(RESOLVE_APPROVAL)
+    list_threads: Mapping[tuple[str, ...], bytes] = statement_variants(LIST_THREADS)
+    get_thread_runs: bytes = statement(GET_THREAD_RUNS)
+    distinct_agent_names: bytes = statement(DISTINCT_AGENT_NAMES)

@@ -11,6 +11,9 @@ only when all three match a row (see ``pikku_pg._async.event_hub``).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
+from pikku_pg._sql import QuerySet, compose, statement
 from pikku_pg.migrations import Component, Migration
 
 V1_TYPESCRIPT_TABLES = """\
@@ -137,12 +140,12 @@ stored AS (
 SELECT pg_notify(%(channel)s, %(prefix)s || payload_id::text || %(suffix)s) FROM stored
 """
 
-PUBLISH_REFERENCE = "WITH " + _STORE_AND_NOTIFY
+PUBLISH_REFERENCE = compose("WITH {store_and_notify}", store_and_notify=_STORE_AND_NOTIFY)
 
 # The same, also deleting up to %(limit)s payloads older than the retention, oldest first
 # (the created_at index); SKIP LOCKED: concurrent publishers never wait for each other's
 # deletes. The service runs this one only now and then, not on every publish.
-PUBLISH_REFERENCE_AND_EXPIRE = (
+PUBLISH_REFERENCE_AND_EXPIRE = compose(
     """\
 WITH expired AS (
     DELETE FROM {schema}.event_hub_payloads
@@ -154,8 +157,8 @@ WITH expired AS (
         LIMIT %(limit)s
         FOR UPDATE SKIP LOCKED
     )
-), """
-    + _STORE_AND_NOTIFY
+), {store_and_notify}""",
+    store_and_notify=_STORE_AND_NOTIFY,
 )
 
 # The payloads of a batch of references, each only if its id, token and topic all match a
@@ -168,3 +171,20 @@ JOIN {schema}.event_hub_payloads p
     ON p.payload_id = ref.payload_id AND p.token = ref.token AND p.topic = ref.topic
 WHERE p.created_at >= now() - make_interval(secs => %(retention)s)
 """
+
+
+@dataclass(frozen=True)
+class ChannelQueries(QuerySet):
+    """The statements of the ``channel`` component: channel store and event hub."""
+
+    add_channel: bytes = statement(ADD_CHANNEL)
+    remove_channels: bytes = statement(REMOVE_CHANNELS)
+    set_user_session: bytes = statement(SET_USER_SESSION)
+    get_channel_and_session: bytes = statement(GET_CHANNEL_AND_SESSION)
+    subscribe: bytes = statement(SUBSCRIBE)
+    unsubscribe: bytes = statement(UNSUBSCRIBE)
+    get_channel_ids_for_topic: bytes = statement(GET_CHANNEL_IDS_FOR_TOPIC)
+    publish_inline: bytes = statement(PUBLISH_INLINE)
+    publish_reference: bytes = statement(PUBLISH_REFERENCE)
+    publish_reference_and_expire: bytes = statement(PUBLISH_REFERENCE_AND_EXPIRE)
+    fetch_referenced: bytes = statement(FETCH_REFERENCED)

@@ -6,6 +6,9 @@ tunes its GIN index for ``find_function``.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
+from pikku_pg._sql import QuerySet, statement
 from pikku_pg.migrations import Component, Migration
 
 V1_TYPESCRIPT_TABLE = """\
@@ -97,3 +100,14 @@ WHERE (%(function)s::text IS NULL OR functions @> ARRAY[%(function)s::text])
 ORDER BY live DESC, last_heartbeat DESC, deployment_id
 LIMIT %(limit)s
 """
+
+
+@dataclass(frozen=True)
+class DeploymentQueries(QuerySet):
+    """The statements of the ``deployment`` component."""
+
+    upsert: bytes = statement(UPSERT)
+    heartbeat: bytes = statement(HEARTBEAT)
+    delete: bytes = statement(DELETE)
+    find_function: bytes = statement(FIND_FUNCTION)
+    list_deployments: bytes = statement(LIST_DEPLOYMENTS)

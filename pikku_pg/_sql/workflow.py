@@ -9,9 +9,11 @@ console queries. TypeScript writers keep working: the new columns have defaults.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from types import MappingProxyType
 
-from pikku_pg._sql import render
+from pikku_pg._sql import QuerySet, compose, statement, statement_variants, variants
 from pikku_pg.migrations import Component, Migration
 
 V1_TYPESCRIPT_DDL = """\
@@ -150,7 +152,7 @@ WORKFLOW = Component(
 # Runs. Queries whose rows become models return JSONB columns as text: the row
 # mappers parse it (faster than the per-cell JSONB loader on a 50-row result).
 
-RUN_COLUMNS = """\
+_RUN_COLUMNS = """\
 workflow_run_id::text AS workflow_run_id, workflow, status, input::text AS input,
 output::text AS output, error::text AS error, inline, graph_hash, wire::text AS wire,
 created_at, updated_at"""
@@ -161,14 +163,13 @@ VALUES (%(workflow)s, 'running', %(input)s, %(inline)s, %(graph_hash)s, %(wire)s
 RETURNING workflow_run_id
 """
 
-GET_RUN = (
+GET_RUN = compose(
     """\
-SELECT """
-    + RUN_COLUMNS
-    + """
+SELECT {run_columns}
 FROM {schema}.workflow_runs
 WHERE workflow_run_id = %(run_id)s
-"""
+""",
+    run_columns=_RUN_COLUMNS,
 )
 
 UPDATE_RUN_STATUS = """\
@@ -179,44 +180,48 @@ WHERE workflow_run_id = %(run_id)s
 
 # One statement: concurrent writers of different names lose nothing (an UPDATE that
 # waited for another re-reads the row it changes).
-RUN_STATE_SET = """\
+_RUN_STATE_SET = """\
 SET state = CASE WHEN jsonb_typeof(state) = 'object' THEN state ELSE '{}'::jsonb END
             || jsonb_build_object(%(name)s::text, %(value)s::jsonb),
     updated_at = now()"""
 
-UPDATE_RUN_STATE = (
+UPDATE_RUN_STATE = compose(
     """\
 UPDATE {schema}.workflow_runs
-"""
-    + RUN_STATE_SET
-    + """
+{set_state}
 WHERE workflow_run_id = %(run_id)s
-"""
+""",
+    set_state=_RUN_STATE_SET,
 )
 
 GET_RUN_STATE = """\
 SELECT state FROM {schema}.workflow_runs WHERE workflow_run_id = %(run_id)s
 """
 
+
+def _where(conditions: Sequence[str]) -> str:
+    return "WHERE " + " AND ".join(conditions) if conditions else ""
+
+
 # One statement per filter combination, so each gets a plan that uses its index
-# (a generic plan of "(%s IS NULL OR workflow = %s)" would not).
-_LIST_RUNS = (
+# (a generic plan of "(%s IS NULL OR workflow = %s)" would not). Keyed by the names of
+# the filters given, in this order.
+LIST_RUNS = variants(
     """\
-SELECT """
-    + RUN_COLUMNS
-    + """
+SELECT {run_columns}
 FROM {schema}.workflow_runs
 {where}
 ORDER BY created_at DESC, workflow_run_id DESC
 LIMIT %(limit)s OFFSET %(offset)s
-"""
+""",
+    "where",
+    {
+        "workflow": "workflow = %(workflow)s",
+        "status": "status = %(status)s::text::{schema}.workflow_status_enum",
+    },
+    _where,
+    run_columns=_RUN_COLUMNS,
 )
-_BY_WORKFLOW = "workflow = %(workflow)s"
-_BY_STATUS = "status = %(status)s::text::{schema}.workflow_status_enum"
-LIST_RUNS = _LIST_RUNS.replace("{where}", "")
-LIST_RUNS_BY_WORKFLOW = _LIST_RUNS.replace("{where}", "WHERE " + _BY_WORKFLOW)
-LIST_RUNS_BY_STATUS = _LIST_RUNS.replace("{where}", "WHERE " + _BY_STATUS)
-LIST_RUNS_BY_BOTH = _LIST_RUNS.replace("{where}", f"WHERE {_BY_WORKFLOW} AND {_BY_STATUS}")
 
 # A skip scan over the workflow index: one probe per distinct name, not per run.
 DISTINCT_WORKFLOW_NAMES = """\
@@ -239,20 +244,20 @@ DELETE FROM {schema}.workflow_runs WHERE workflow_run_id = %(run_id)s
 # Steps. Every transition changes the step row and its current (latest) history row
 # in one statement.
 
-STEP_COLUMNS = """\
+_STEP_COLUMNS = """\
 s.workflow_step_id::text AS workflow_step_id, s.status, s.result::text AS result,
 s.error::text AS error, s.retries, s.retry_delay,
 s.created_at, s.updated_at"""
 
-ATTEMPT_COUNT = """\
+_ATTEMPT_COUNT = """\
 (SELECT count(*) FROM {schema}.workflow_step_history AS h
  WHERE h.workflow_step_id = s.workflow_step_id) AS attempt_count"""
 
-CURRENT_HISTORY = """\
+_CURRENT_HISTORY = """\
 (SELECT history_id FROM {schema}.workflow_step_history
  WHERE workflow_step_id = %(step_id)s ORDER BY seq DESC LIMIT 1)"""
 
-INSERT_STEP_STATE = (
+INSERT_STEP_STATE = compose(
     """\
 WITH s AS (
   INSERT INTO {schema}.workflow_step
@@ -264,33 +269,30 @@ WITH s AS (
   INSERT INTO {schema}.workflow_step_history (workflow_step_id, status, created_at)
   SELECT workflow_step_id, 'pending', clock_timestamp() FROM s
 )
-SELECT """
-    + STEP_COLUMNS
-    + """, 1 AS attempt_count
+SELECT {step_columns}, 1 AS attempt_count
 FROM s
-"""
+""",
+    step_columns=_STEP_COLUMNS,
 )
 
-GET_STEP_STATE = (
+GET_STEP_STATE = compose(
     """\
-SELECT """
-    + STEP_COLUMNS
-    + """,
-"""
-    + ATTEMPT_COUNT
-    + """
+SELECT {step_columns},
+{attempt_count}
 FROM {schema}.workflow_step AS s
 WHERE s.workflow_run_id = %(run_id)s AND s.step_name = %(step_name)s
-"""
+""",
+    step_columns=_STEP_COLUMNS,
+    attempt_count=_ATTEMPT_COUNT,
 )
 
 # A step transition changes the step row and its current history row in one
 # statement. A succeeded step is final: ``{guard}`` refuses it (the state store lets a
 # caller overwrite it explicitly; a fenced engine write never does). The row says how
 # it went: (rows changed, the step's status when nothing changed, whether the writer's
-# lease held).
-# ``{fence}`` is empty for the state store's public writes; the engine's writes put the
-# lease check of ``pikku_pg._sql.workflow_queue`` there.
+# lease held), and for a new attempt its number (``{attempt}``). ``{fence}`` is empty
+# for the state store's public writes; the engine's writes put the lease check of
+# ``pikku_pg._sql.workflow_queue`` there.
 _TRANSITION = """\
 WITH {fence}s AS (
   UPDATE {schema}.workflow_step
@@ -304,16 +306,12 @@ SELECT (SELECT count(*) FROM s),
        CASE WHEN NOT EXISTS (SELECT FROM s) THEN
          (SELECT status::text FROM {schema}.workflow_step WHERE workflow_step_id = %(step_id)s)
        END,
-       {fenced}"""
+       {fenced}{attempt}"""
 
-_UPDATE_HISTORY = (
-    """UPDATE {schema}.workflow_step_history
+_UPDATE_HISTORY = """UPDATE {schema}.workflow_step_history
   SET status = {status}{history_set}, {stamp} = clock_timestamp()
-  WHERE history_id = """
-    + CURRENT_HISTORY
-    + """
+  WHERE history_id = {current_history}
     AND EXISTS (SELECT FROM s)"""
-)
 
 # A new attempt: the step row lock orders concurrent retries.
 _NEW_ATTEMPT = """INSERT INTO {schema}.workflow_step_history
@@ -322,12 +320,19 @@ _NEW_ATTEMPT = """INSERT INTO {schema}.workflow_step_history
          CASE WHEN status = 'running' THEN clock_timestamp() END
   FROM s"""
 
-#: The guard of the state store's public writes (``%(overwrite)s``: asked explicitly).
-UNFENCED = {
-    "fence": "",
-    "guard": "(status <> 'succeeded' OR %(overwrite)s)",
-    "fenced": "true",
-}
+# The new attempt's number, after the transition's own columns.
+_ATTEMPT_NUMBER = """,
+       (SELECT count(*) FROM {schema}.workflow_step_history
+        WHERE workflow_step_id = %(step_id)s) + (SELECT count(*) FROM s)"""
+
+# The guard of the state store's public writes (``%(overwrite)s``: asked explicitly).
+_UNFENCED = MappingProxyType(
+    {
+        "fence": "",
+        "guard": "(status <> 'succeeded' OR %(overwrite)s)",
+        "fenced": "true",
+    }
+)
 
 
 def step_transition(
@@ -336,39 +341,33 @@ def step_transition(
     step_set: str = "",
     history_set: str = "",
     *,
-    fence: dict[str, str] = UNFENCED,
+    fence: Mapping[str, str] = _UNFENCED,
 ) -> str:
     """The SQL of one step transition to ``status`` (see ``_TRANSITION``)."""
-    history = (
-        _UPDATE_HISTORY.replace("{history_set}", history_set)
-        .replace("{stamp}", stamp)
-        .replace("{status}", f"'{status}'")
+    quoted_status = f"'{status}'"
+    history = compose(
+        _UPDATE_HISTORY,
+        status=quoted_status,
+        history_set=history_set,
+        stamp=stamp,
+        current_history=_CURRENT_HISTORY,
     )
-    return _fill(_TRANSITION, fence, history=history, status=f"'{status}'", step_set=step_set)
+    return compose(
+        _TRANSITION, **fence, history=history, status=quoted_status, step_set=step_set, attempt=""
+    )
 
 
-def retry_attempt(*, fence: dict[str, str] = UNFENCED) -> str:
+def retry_attempt(*, fence: Mapping[str, str] = _UNFENCED) -> str:
     """The SQL of a new attempt of a step (status ``%(status)s``); its fourth column is
     the new attempt's number."""
-    sql = _fill(
+    return compose(
         _TRANSITION,
-        fence,
+        **fence,
         history=_NEW_ATTEMPT,
         status="%(status)s",
         step_set=", result = NULL, error = NULL",
+        attempt=_ATTEMPT_NUMBER,
     )
-    return (
-        sql
-        + """,
-       (SELECT count(*) FROM {schema}.workflow_step_history
-        WHERE workflow_step_id = %(step_id)s) + (SELECT count(*) FROM s)"""
-    )
-
-
-def _fill(template: str, fence: dict[str, str], **parts: str) -> str:
-    for key, value in {**fence, **parts}.items():
-        template = template.replace("{" + key + "}", value)
-    return template
 
 
 SET_STEP_RUNNING = step_transition("running", "running_at")
@@ -387,17 +386,15 @@ SET_STEP_ERROR = step_transition(
 )
 RETRY_ATTEMPT = retry_attempt()
 
-STEP_STATE_BY_ID = (
+STEP_STATE_BY_ID = compose(
     """\
-SELECT """
-    + STEP_COLUMNS
-    + """,
-"""
-    + ATTEMPT_COUNT
-    + """
+SELECT {step_columns},
+{attempt_count}
 FROM {schema}.workflow_step AS s
 WHERE s.workflow_step_id = %(step_id)s
-"""
+""",
+    step_columns=_STEP_COLUMNS,
+    attempt_count=_ATTEMPT_COUNT,
 )
 
 SET_BRANCH_TAKEN = """\
@@ -408,19 +405,17 @@ WHERE workflow_step_id = %(step_id)s
 
 # Run first (LEFT JOIN), so an unknown run gives no row and a run without steps one.
 # Read as tuples by ``run_step_from_row``: keep the column order in step with it.
-GET_RUN_STEPS = (
+GET_RUN_STEPS = compose(
     """\
-SELECT s.step_name, s.rpc_name, s.data::text AS data, """
-    + STEP_COLUMNS
-    + """,
-"""
-    + ATTEMPT_COUNT
-    + """
+SELECT s.step_name, s.rpc_name, s.data::text AS data, {step_columns},
+{attempt_count}
 FROM {schema}.workflow_runs AS r
 LEFT JOIN {schema}.workflow_step AS s ON s.workflow_run_id = r.workflow_run_id
 WHERE r.workflow_run_id = %(run_id)s
 ORDER BY s.seq
-"""
+""",
+    step_columns=_STEP_COLUMNS,
+    attempt_count=_ATTEMPT_COUNT,
 )
 
 GET_RUN_HISTORY = """\
@@ -442,18 +437,17 @@ ORDER BY h.seq
 
 # These start from the run (LEFT JOIN) too: no row means the run does not exist, a
 # row without a step name means it has no matching step.
-COMPLETED_GRAPH_STATE = (
+COMPLETED_GRAPH_STATE = compose(
     """\
 SELECT s.step_name, s.status::text AS status, s.branch_taken, s.retries,
-"""
-    + ATTEMPT_COUNT
-    + """
+{attempt_count}
 FROM {schema}.workflow_runs AS r
 LEFT JOIN {schema}.workflow_step AS s
   ON s.workflow_run_id = r.workflow_run_id AND s.status IN ('succeeded', 'failed')
 WHERE r.workflow_run_id = %(run_id)s
 ORDER BY s.seq
-"""
+""",
+    attempt_count=_ATTEMPT_COUNT,
 )
 
 EXISTING_STEP_NAMES = """\
@@ -488,90 +482,62 @@ WHERE workflow_name = %(name)s AND graph_hash = %(graph_hash)s
 """
 
 # ---------------------------------------------------------------------------------
-# Advisory locks (session level; see the service's run_lock docstring).
+# Advisory locks (session level; see the service's run_lock docstring). They name no
+# schema: the key text does.
 
-LOCK = b"SELECT pg_advisory_lock(hashtextextended(%(key)s, 0))"
-TRY_LOCK = b"SELECT pg_try_advisory_lock(hashtextextended(%(key)s, 0))"
-UNLOCK = b"SELECT pg_advisory_unlock(hashtextextended(%(key)s, 0))"
+LOCK = "SELECT pg_advisory_lock(hashtextextended(%(key)s, 0))"
+TRY_LOCK = "SELECT pg_try_advisory_lock(hashtextextended(%(key)s, 0))"
+UNLOCK = "SELECT pg_advisory_unlock(hashtextextended(%(key)s, 0))"
 # Scoped to the transaction that takes the lock, restored afterwards even inside a
 # caller's transaction (where SET LOCAL would outlive our savepoint).
 SET_LOCK_TIMEOUT = (
-    b"SELECT set_config('pikku_pg.saved_lock_timeout', current_setting('lock_timeout'), true),"
-    b" set_config('lock_timeout', %(timeout)s, true)"
+    "SELECT set_config('pikku_pg.saved_lock_timeout', current_setting('lock_timeout'), true),"
+    " set_config('lock_timeout', %(timeout)s, true)"
 )
 RESTORE_LOCK_TIMEOUT = (
-    b"SELECT set_config('lock_timeout', current_setting('pikku_pg.saved_lock_timeout'), true)"
+    "SELECT set_config('lock_timeout', current_setting('pikku_pg.saved_lock_timeout'), true)"
 )
 
 
 @dataclass(frozen=True)
-class WorkflowQueries:
-    """The workflow statements rendered for one schema (built once per service)."""
+class WorkflowQueries(QuerySet):
+    """The statements of the ``workflow`` component (state store and run console)."""
 
-    create_run: bytes
-    get_run: bytes
-    update_run_status: bytes
-    update_run_state: bytes
-    get_run_state: bytes
-    list_runs: bytes
-    list_runs_by_workflow: bytes
-    list_runs_by_status: bytes
-    list_runs_by_both: bytes
-    distinct_workflow_names: bytes
-    delete_run: bytes
-    insert_step_state: bytes
-    get_step_state: bytes
-    set_step_running: bytes
-    set_step_scheduled: bytes
-    set_step_result: bytes
-    set_step_error: bytes
-    retry_attempt: bytes
-    step_state_by_id: bytes
-    set_branch_taken: bytes
-    get_run_steps: bytes
-    get_run_history: bytes
-    completed_graph_state: bytes
-    existing_step_names: bytes
-    node_results: bytes
-    upsert_version: bytes
-    get_version: bytes
+    create_run: bytes = statement(CREATE_RUN)
+    get_run: bytes = statement(GET_RUN)
+    update_run_status: bytes = statement(UPDATE_RUN_STATUS)
+    update_run_state: bytes = statement(UPDATE_RUN_STATE)
+    get_run_state: bytes = statement(GET_RUN_STATE)
+    list_runs: Mapping[tuple[str, ...], bytes] = statement_variants(LIST_RUNS)
+    distinct_workflow_names: bytes = statement(DISTINCT_WORKFLOW_NAMES)
+    delete_run: bytes = statement(DELETE_RUN)
+    insert_step_state: bytes = statement(INSERT_STEP_STATE)
+    get_step_state: bytes = statement(GET_STEP_STATE)
+    set_step_running: bytes = statement(SET_STEP_RUNNING)
+    set_step_scheduled: bytes = statement(SET_STEP_SCHEDULED)
+    set_step_result: bytes = statement(SET_STEP_RESULT)
+    set_step_error: bytes = statement(SET_STEP_ERROR)
+    retry_attempt: bytes = statement(RETRY_ATTEMPT)
+    step_state_by_id: bytes = statement(STEP_STATE_BY_ID)
+    set_branch_taken: bytes = statement(SET_BRANCH_TAKEN)
+    get_run_steps: bytes = statement(GET_RUN_STEPS)
+    get_run_history: bytes = statement(GET_RUN_HISTORY)
+    completed_graph_state: bytes = statement(COMPLETED_GRAPH_STATE)
+    existing_step_names: bytes = statement(EXISTING_STEP_NAMES)
+    node_results: bytes = statement(NODE_RESULTS)
+    upsert_version: bytes = statement(UPSERT_VERSION)
+    get_version: bytes = statement(GET_VERSION)
 
 
-_TEMPLATES = {
-    "create_run": CREATE_RUN,
-    "get_run": GET_RUN,
-    "update_run_status": UPDATE_RUN_STATUS,
-    "update_run_state": UPDATE_RUN_STATE,
-    "get_run_state": GET_RUN_STATE,
-    "list_runs": LIST_RUNS,
-    "list_runs_by_workflow": LIST_RUNS_BY_WORKFLOW,
-    "list_runs_by_status": LIST_RUNS_BY_STATUS,
-    "list_runs_by_both": LIST_RUNS_BY_BOTH,
-    "distinct_workflow_names": DISTINCT_WORKFLOW_NAMES,
-    "delete_run": DELETE_RUN,
-    "insert_step_state": INSERT_STEP_STATE,
-    "get_step_state": GET_STEP_STATE,
-    "set_step_running": SET_STEP_RUNNING,
-    "set_step_scheduled": SET_STEP_SCHEDULED,
-    "set_step_result": SET_STEP_RESULT,
-    "set_step_error": SET_STEP_ERROR,
-    "retry_attempt": RETRY_ATTEMPT,
-    "step_state_by_id": STEP_STATE_BY_ID,
-    "set_branch_taken": SET_BRANCH_TAKEN,
-    "get_run_steps": GET_RUN_STEPS,
-    "get_run_history": GET_RUN_HISTORY,
-    "completed_graph_state": COMPLETED_GRAPH_STATE,
-    "existing_step_names": EXISTING_STEP_NAMES,
-    "node_results": NODE_RESULTS,
-    "upsert_version": UPSERT_VERSION,
-    "get_version": GET_VERSION,
-}
-assert set(_TEMPLATES) == {f.name for f in fields(WorkflowQueries)}
+@dataclass(frozen=True)
+class LockQueries(QuerySet):
+    """The advisory lock statements (:meth:`QuerySet.unscoped`: they name no schema)."""
 
-
-def workflow_queries(schema: str) -> WorkflowQueries:
-    """Render every workflow statement for ``schema`` (validated by the caller)."""
-    return WorkflowQueries(**{name: render(sql, schema) for name, sql in _TEMPLATES.items()})
+    lock: bytes = statement(LOCK)
+    try_lock: bytes = statement(TRY_LOCK)
+    unlock: bytes = statement(UNLOCK)
+    set_lock_timeout: bytes = statement(SET_LOCK_TIMEOUT)
+    restore_lock_timeout: bytes = statement(RESTORE_LOCK_TIMEOUT)
 
 
 COMPONENT = WORKFLOW

@@ -29,12 +29,13 @@ job that any worker can claim.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
+from types import MappingProxyType
 
-from pikku_pg._sql import render
+from pikku_pg._sql import QuerySet, compose, statement
 from pikku_pg._sql.workflow import (
-    RUN_COLUMNS,
-    RUN_STATE_SET,
+    _RUN_COLUMNS,
+    _RUN_STATE_SET,
     retry_attempt,
     step_transition,
 )
@@ -146,13 +147,11 @@ NOT EXISTS (SELECT FROM {schema}.workflow_jobs AS held
 # a job): its replay job becomes due now. A run whose job waits in the queue already
 # (handed back, sleeping) is left as it is, and so is a job that a worker claims at
 # the same moment. Row: (adopted, already queued).
-ADOPT_RUN = (
+ADOPT_RUN = compose(
     """\
 WITH r AS (
   SELECT workflow_run_id FROM {schema}.workflow_runs
-  WHERE workflow_run_id = %(run_id)s AND status = 'running' AND """
-    + _NOBODY_HOLDS
-    + """
+  WHERE workflow_run_id = %(run_id)s AND status = 'running' AND {nobody_holds}
 ), j AS (
   INSERT INTO {schema}.workflow_jobs AS j (workflow_run_id, kind)
   SELECT workflow_run_id, 'replay' FROM r
@@ -166,18 +165,17 @@ SELECT EXISTS (SELECT FROM j),
        EXISTS (SELECT FROM {schema}.workflow_jobs AS q
                WHERE q.workflow_run_id = %(run_id)s AND q.status = 'pending'),
        CASE WHEN EXISTS (SELECT FROM j) THEN pg_notify(%(channel)s, '') END
-"""
+""",
+    nobody_holds=_NOBODY_HOLDS,
 )
 
 # resume_to_completion: the caller claims the run's replay job (creating it if the run
 # has none) when nobody holds the run. No row: somebody does.
-TAKE_OVER_RUN = (
+TAKE_OVER_RUN = compose(
     """\
 WITH r AS (
   SELECT workflow_run_id FROM {schema}.workflow_runs
-  WHERE workflow_run_id = %(run_id)s AND status = 'running' AND """
-    + _NOBODY_HOLDS
-    + """
+  WHERE workflow_run_id = %(run_id)s AND status = 'running' AND {nobody_holds}
 )
 INSERT INTO {schema}.workflow_jobs AS j
   (workflow_run_id, kind, status, attempts, lease_token, locked_by, locked_until)
@@ -190,7 +188,8 @@ ON CONFLICT (workflow_run_id) WHERE kind = 'replay' DO UPDATE SET
   updated_at = now()
 WHERE j.status = 'pending' OR j.locked_until < now()
 RETURNING job_id, lease_token::text, attempts
-"""
+""",
+    nobody_holds=_NOBODY_HOLDS,
 )
 
 _UPSERT_REPLAY = """\
@@ -220,35 +219,34 @@ f AS (
   FOR SHARE
 )"""
 _IN_FENCE = "workflow_run_id IN (SELECT workflow_run_id FROM f)"
-_FENCE = {
-    "fence": _FENCE_CTE + ", ",
-    "guard": "status <> 'succeeded' AND " + _IN_FENCE,
-    "fenced": "EXISTS (SELECT FROM f)",
-}
+_FENCE = MappingProxyType(
+    {
+        "fence": compose("{fence_cte}, ", fence_cte=_FENCE_CTE),
+        "guard": compose("status <> 'succeeded' AND {in_fence}", in_fence=_IN_FENCE),
+        "fenced": "EXISTS (SELECT FROM f)",
+    }
+)
 
 # A step job's run continues: queue its next replay. Row: (queued, lease held).
-ENQUEUE_REPLAY = (
+ENQUEUE_REPLAY = compose(
     """\
-WITH """
-    + _FENCE_CTE
-    + """, r AS (
+WITH {fence_cte}, r AS (
   SELECT workflow_run_id FROM {schema}.workflow_runs
-  WHERE workflow_run_id = %(run_id)s AND status = 'running' AND """
-    + _IN_FENCE
-    + """
+  WHERE workflow_run_id = %(run_id)s AND status = 'running' AND {in_fence}
 ), j AS (
-"""
-    + _UPSERT_REPLAY.replace("{source}", "r")
-    + """
+{upsert_replay}
 )
 SELECT EXISTS (SELECT FROM j), EXISTS (SELECT FROM f),
        CASE WHEN EXISTS (SELECT FROM j) THEN pg_notify(%(channel)s, '') END
-"""
+""",
+    fence_cte=_FENCE_CTE,
+    in_fence=_IN_FENCE,
+    upsert_replay=compose(_UPSERT_REPLAY, source="r"),
 )
 
 # resume_run: a suspended or failed run becomes running (error cleared) and, when
 # asked, gets a replay job. Returns whether the run was reopened.
-REOPEN_RUN = (
+REOPEN_RUN = compose(
     """\
 WITH r AS (
   UPDATE {schema}.workflow_runs
@@ -256,21 +254,18 @@ WITH r AS (
   WHERE workflow_run_id = %(run_id)s AND status IN ('suspended', 'failed')
   RETURNING workflow_run_id
 ), j AS (
-"""
-    + _UPSERT_REPLAY.replace("{source}", "r WHERE %(enqueue)s")
-    + """
+{upsert_replay}
 )
 SELECT (SELECT count(*) FROM r), (SELECT count(*) FROM j),
        CASE WHEN EXISTS (SELECT FROM j) THEN pg_notify(%(channel)s, '') END
-"""
+""",
+    upsert_replay=compose(_UPSERT_REPLAY, source="r WHERE %(enqueue)s"),
 )
 
 # Row: (queued, lease held).
-ENQUEUE_STEP = (
+ENQUEUE_STEP = compose(
     """\
-WITH """
-    + _FENCE_CTE
-    + """, j AS (
+WITH {fence_cte}, j AS (
   INSERT INTO {schema}.workflow_jobs AS j (workflow_run_id, kind, step_name, run_at, backoff)
   SELECT workflow_run_id, 'step', %(step_name)s,
          now() + make_interval(secs => %(delay)s::float8), %(backoff)s
@@ -283,14 +278,15 @@ WITH """
 )
 SELECT EXISTS (SELECT FROM j), EXISTS (SELECT FROM f),
        CASE WHEN EXISTS (SELECT FROM j) THEN pg_notify(%(channel)s, '') END
-"""
+""",
+    fence_cte=_FENCE_CTE,
 )
 
 # Jobs whose lease ran out (their worker died) first, then due pending jobs: a
 # crashed worker's run is taken over within one lease even behind a backlog.
 # The claim returns each job with a snapshot of its run (and whether the run has
 # steps yet), so a replay pass starts without two more round trips.
-CLAIM = (
+CLAIM = compose(
     """\
 WITH due AS (
   SELECT job_id FROM {schema}.workflow_jobs
@@ -321,12 +317,11 @@ SELECT u.job_id, u.job_run_id::text AS job_run_id, u.kind, u.step_name, u.lease_
        u.attempts, u.backoff,
        EXISTS (SELECT FROM {schema}.workflow_step AS s
                WHERE s.workflow_run_id = u.job_run_id) AS has_steps,
-       """
-    + RUN_COLUMNS
-    + """
+       {run_columns}
 FROM u
 LEFT JOIN {schema}.workflow_runs ON workflow_runs.workflow_run_id = u.job_run_id
-"""
+""",
+    run_columns=_RUN_COLUMNS,
 )
 
 EXTEND_LEASES = """\
@@ -388,39 +383,34 @@ SELECT extract(epoch FROM LEAST(
 
 # A pass ended: the run moves from running to its final (or suspended) status.
 # Row: (changed, lease held).
-FINISH_RUN = (
+FINISH_RUN = compose(
     """\
-WITH """
-    + _FENCE_CTE
-    + """, u AS (
+WITH {fence_cte}, u AS (
   UPDATE {schema}.workflow_runs
   SET status = %(status)s, output = %(output)s, error = %(error)s, updated_at = now()
-  WHERE workflow_run_id = %(run_id)s AND status = 'running' AND """
-    + _IN_FENCE
-    + """
+  WHERE workflow_run_id = %(run_id)s AND status = 'running' AND {in_fence}
   RETURNING 1
 )
 SELECT (SELECT count(*) FROM u), EXISTS (SELECT FROM f)
-"""
+""",
+    fence_cte=_FENCE_CTE,
+    in_fence=_IN_FENCE,
 )
 
 # ctx.update_run_state. Row: (changed, lease held).
-UPDATE_RUN_STATE = (
+UPDATE_RUN_STATE = compose(
     """\
-WITH """
-    + _FENCE_CTE
-    + """, u AS (
+WITH {fence_cte}, u AS (
   UPDATE {schema}.workflow_runs
-"""
-    + RUN_STATE_SET
-    + """
-  WHERE workflow_run_id = %(run_id)s AND """
-    + _IN_FENCE
-    + """
+{run_state_set}
+  WHERE workflow_run_id = %(run_id)s AND {in_fence}
   RETURNING 1
 )
 SELECT (SELECT count(*) FROM u), EXISTS (SELECT FROM f)
-"""
+""",
+    fence_cte=_FENCE_CTE,
+    run_state_set=_RUN_STATE_SET,
+    in_fence=_IN_FENCE,
 )
 
 CANCEL_RUN = """\
@@ -441,15 +431,11 @@ SELECT count(*) FROM r
 # lease holds. One statement instead of three (status check, insert, running); the
 # same rows as the state store's insert_step_state (+ set_step_running). Row: (step
 # id or NULL when the run is not running, lease held).
-BEGIN_STEP = (
+BEGIN_STEP = compose(
     """\
-WITH """
-    + _FENCE_CTE
-    + """, r AS (
+WITH {fence_cte}, r AS (
   SELECT workflow_run_id FROM {schema}.workflow_runs
-  WHERE workflow_run_id = %(run_id)s AND status = 'running' AND """
-    + _IN_FENCE
-    + """
+  WHERE workflow_run_id = %(run_id)s AND status = 'running' AND {in_fence}
 ), s AS (
   INSERT INTO {schema}.workflow_step
     (workflow_run_id, step_name, rpc_name, data, status, retries, retry_delay)
@@ -466,7 +452,9 @@ WITH """
   FROM s
 )
 SELECT (SELECT workflow_step_id::text FROM s), EXISTS (SELECT FROM f)
-"""
+""",
+    fence_cte=_FENCE_CTE,
+    in_fence=_IN_FENCE,
 )
 
 # The engine's step transitions and new attempts, fenced.
@@ -523,68 +511,33 @@ ORDER BY job_id
 
 
 @dataclass(frozen=True)
-class QueueQueries:
-    """The queue statements rendered for one schema."""
+class QueueQueries(QuerySet):
+    """The statements of the ``workflow_queue`` component (the job queue and the
+    engine's fenced writes)."""
 
-    start_run: bytes
-    start_inline_run: bytes
-    adopt_run: bytes
-    take_over_run: bytes
-    enqueue_replay: bytes
-    reopen_run: bytes
-    enqueue_step: bytes
-    claim: bytes
-    extend_leases: bytes
-    ack: bytes
-    reschedule: bytes
-    release: bytes
-    next_due: bytes
-    finish_run: bytes
-    cancel_run: bytes
-    begin_step: bytes
-    update_run_state: bytes
-    set_step_running: bytes
-    set_step_scheduled: bytes
-    set_step_result: bytes
-    set_step_error: bytes
-    retry_attempt: bytes
-    job_of_token: bytes
-    run_status: bytes
-    jobs_of_run: bytes
-    run_activity: bytes
-
-
-_TEMPLATES = {
-    "start_run": START_RUN,
-    "start_inline_run": START_INLINE_RUN,
-    "adopt_run": ADOPT_RUN,
-    "take_over_run": TAKE_OVER_RUN,
-    "enqueue_replay": ENQUEUE_REPLAY,
-    "reopen_run": REOPEN_RUN,
-    "enqueue_step": ENQUEUE_STEP,
-    "claim": CLAIM,
-    "extend_leases": EXTEND_LEASES,
-    "ack": ACK,
-    "reschedule": RESCHEDULE,
-    "release": RELEASE,
-    "next_due": NEXT_DUE,
-    "finish_run": FINISH_RUN,
-    "cancel_run": CANCEL_RUN,
-    "begin_step": BEGIN_STEP,
-    "update_run_state": UPDATE_RUN_STATE,
-    "set_step_running": SET_STEP_RUNNING,
-    "set_step_scheduled": SET_STEP_SCHEDULED,
-    "set_step_result": SET_STEP_RESULT,
-    "set_step_error": SET_STEP_ERROR,
-    "retry_attempt": RETRY_ATTEMPT,
-    "job_of_token": JOB_OF_TOKEN,
-    "run_status": RUN_STATUS,
-    "jobs_of_run": JOBS_OF_RUN,
-    "run_activity": RUN_ACTIVITY,
-}
-assert set(_TEMPLATES) == {f.name for f in fields(QueueQueries)}
-
-
-def queue_queries(schema: str) -> QueueQueries:
-    """Render every queue statement for ``schema`` (validated by the caller)."""
-    return QueueQueries(**{name: render(sql, schema) for name, sql in _TEMPLATES.items()})
+    start_run: bytes = statement(START_RUN)
+    start_inline_run: bytes = statement(START_INLINE_RUN)
+    adopt_run: bytes = statement(ADOPT_RUN)
+    take_over_run: bytes = statement(TAKE_OVER_RUN)
+    enqueue_replay: bytes = statement(ENQUEUE_REPLAY)
+    reopen_run: bytes = statement(REOPEN_RUN)
+    enqueue_step: bytes = statement(ENQUEUE_STEP)
+    claim: bytes = statement(CLAIM)
+    extend_leases: bytes = statement(EXTEND_LEASES)
+    ack: bytes = statement(ACK)
+    reschedule: bytes = statement(RESCHEDULE)
+    release: bytes = statement(RELEASE)
+    next_due: bytes = statement(NEXT_DUE)
+    finish_run: bytes = statement(FINISH_RUN)
+    update_run_state: bytes = statement(UPDATE_RUN_STATE)
+    cancel_run: bytes = statement(CANCEL_RUN)
+    begin_step: bytes = statement(BEGIN_STEP)
+    set_step_running: bytes = statement(SET_STEP_RUNNING)
+    set_step_scheduled: bytes = statement(SET_STEP_SCHEDULED)
+    set_step_result: bytes = statement(SET_STEP_RESULT)
+    set_step_error: bytes = statement(SET_STEP_ERROR)
+    retry_attempt: bytes = statement(RETRY_ATTEMPT)
+    job_of_token: bytes = statement(JOB_OF_TOKEN)
+    run_status: bytes = statement(RUN_STATUS)
+    run_activity: bytes = statement(RUN_ACTIVITY)
+    jobs_of_run: bytes = statement(JOBS_OF_RUN)

@@ -21,7 +21,7 @@ from pikku_pg._rows.channel import (
     session_param,
 )
 from pikku_pg._sql import channel as sql
-from pikku_pg._sql import render
+from pikku_pg._sql.channel import ChannelQueries
 from pikku_pg._sync._service import PgService
 from pikku_pg.errors import ChannelExistsError, ChannelNotFoundError
 from pikku_pg.migrations import Component
@@ -40,10 +40,7 @@ class PgChannelStore(PgService):
     default_schema: ClassVar[str] = sql.COMPONENT.default_schema
 
     def _prepare_queries(self) -> None:
-        self._add = render(sql.ADD_CHANNEL, self._schema)
-        self._remove = render(sql.REMOVE_CHANNELS, self._schema)
-        self._set_session = render(sql.SET_USER_SESSION, self._schema)
-        self._get = render(sql.GET_CHANNEL_AND_SESSION, self._schema)
+        self._q = ChannelQueries.render(self._schema)
 
     def add_channel(
         self,
@@ -58,7 +55,7 @@ class PgChannelStore(PgService):
         and leaves the stored channel unchanged.
         """
         params = channel_input(channel_id, channel_name, opening_data)
-        row = self._db.fetch_one(self._add, params, row_factory=tuple_row)
+        row = self._db.fetch_one(self._q.add_channel, params, row_factory=tuple_row)
         if row is None:
             raise ChannelExistsError(params[0])
 
@@ -67,7 +64,7 @@ class PgChannelStore(PgService):
         ids = check_channel_ids(channel_ids)
         if not ids:
             return
-        self._db.execute(self._remove, (text_array(ids),))
+        self._db.execute(self._q.remove_channels, (text_array(ids),))
 
     def set_user_session(self, channel_id: str, session: Any) -> None:
         """Set (a dict or pydantic model) or clear (``None``) the user session of a channel.
@@ -76,7 +73,7 @@ class PgChannelStore(PgService):
         """
         channel_id = check_channel_id(channel_id)
         value = session_param(session)
-        if self._db.execute(self._set_session, (value, channel_id)) == 0:
+        if self._db.execute(self._q.set_user_session, (value, channel_id)) == 0:
             raise ChannelNotFoundError(channel_id)
 
     def get_channel_and_session(self, channel_id: str) -> Channel:
@@ -85,7 +82,9 @@ class PgChannelStore(PgService):
         Raises :class:`ChannelNotFoundError` when the channel does not exist.
         """
         channel_id = check_channel_id(channel_id)
-        row = self._db.fetch_one(self._get, (channel_id,), row_factory=tuple_row, read=True)
+        row = self._db.fetch_one(
+            self._q.get_channel_and_session, (channel_id,), row_factory=tuple_row, read=True
+        )
         if row is None:
             raise ChannelNotFoundError(channel_id)
         return channel_from_row(row)
@@ -101,9 +100,7 @@ class PgEventHubStore(PgService):
     default_schema: ClassVar[str] = sql.COMPONENT.default_schema
 
     def _prepare_queries(self) -> None:
-        self._subscribe = render(sql.SUBSCRIBE, self._schema)
-        self._unsubscribe = render(sql.UNSUBSCRIBE, self._schema)
-        self._channel_ids = render(sql.GET_CHANNEL_IDS_FOR_TOPIC, self._schema)
+        self._q = ChannelQueries.render(self._schema)
 
     def subscribe(self, topic: str, channel_id: str) -> bool:
         """Subscribe a channel to a topic (idempotent).
@@ -113,7 +110,7 @@ class PgEventHubStore(PgService):
         """
         params = {"topic": check_topic(topic), "channel_id": check_channel_id(channel_id)}
         try:
-            row = self._db.fetch_one(self._subscribe, params, row_factory=tuple_row)
+            row = self._db.fetch_one(self._q.subscribe, params, row_factory=tuple_row)
         except pg_errors.ForeignKeyViolation:
             return False  # the channel was removed while we subscribed it
         return bool(row and row[0])
@@ -122,10 +119,12 @@ class PgEventHubStore(PgService):
         """Remove a subscription; returns whether there was one."""
         topic = check_text("topic", topic)
         channel_id = check_channel_id(channel_id)
-        return self._db.execute(self._unsubscribe, (channel_id, topic)) > 0
+        return self._db.execute(self._q.unsubscribe, (channel_id, topic)) > 0
 
     def get_channel_ids_for_topic(self, topic: str) -> list[str]:
         """The ids of the channels subscribed to ``topic``, sorted."""
         topic = check_text("topic", topic)
-        rows = self._db.fetch_all(self._channel_ids, (topic,), row_factory=tuple_row, read=True)
+        rows = self._db.fetch_all(
+            self._q.get_channel_ids_for_topic, (topic,), row_factory=tuple_row, read=True
+        )
         return [row[0] for row in rows]

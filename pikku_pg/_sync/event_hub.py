@@ -78,8 +78,6 @@ from pikku_pg._rows.channel import (
     reference_envelope_parts,
     reference_token,
 )
-from pikku_pg._sql import channel as sql
-from pikku_pg._sql import render
 from pikku_pg._sync._database import ConnectionSource
 from pikku_pg._sync._listener import (
     MAX_RECONNECT_DELAY,
@@ -175,10 +173,6 @@ class PgEventHubService(PgEventHubStore):
         )
         self._channel = notify_channel(self._schema)
         self._inline = inline_payloads
-        self._publish_inline = render(sql.PUBLISH_INLINE, self._schema)
-        self._publish_reference = render(sql.PUBLISH_REFERENCE, self._schema)
-        self._publish_and_expire = render(sql.PUBLISH_REFERENCE_AND_EXPIRE, self._schema)
-        self._fetch_referenced = render(sql.FETCH_REFERENCED, self._schema)
         self._publishes_since_expiry = 0
         self._last_expiry: float | None = None
         self._max_pending = int(max_pending)
@@ -265,7 +259,7 @@ class PgEventHubService(PgEventHubStore):
         if self._inline:
             envelope = inline_envelope(topic, text, publish_nonce())
             if fits_inline(envelope):
-                self._db.execute(self._publish_inline, (self._channel, envelope))
+                self._db.execute(self._q.publish_inline, (self._channel, envelope))
                 return
         token = reference_token()
         prefix, suffix = reference_envelope_parts(topic, token)
@@ -273,9 +267,9 @@ class PgEventHubService(PgEventHubStore):
         params.update(channel=self._channel, prefix=prefix, suffix=suffix)
         if self._expiry_due():
             params.update(retention=self._retention, limit=_EXPIRE_LIMIT)
-            self._db.execute(self._publish_and_expire, params)
+            self._db.execute(self._q.publish_reference_and_expire, params)
         else:
-            self._db.execute(self._publish_reference, params)
+            self._db.execute(self._q.publish_reference, params)
 
     def _expiry_due(self) -> bool:
         """Whether this publish also deletes expired payloads (and if so, note it)."""
@@ -408,7 +402,7 @@ class PgEventHubService(PgEventHubStore):
             "retention": self._retention,
         }
         try:
-            cur = conn.execute(self._fetch_referenced, params)
+            cur = conn.execute(self._q.fetch_referenced, params)
             rows = cur.fetchall()
         except psycopg.Error as exc:
             if conn.broken or conn.closed:

@@ -24,17 +24,12 @@ from psycopg import Connection
 from psycopg.rows import tuple_row
 
 from pikku_pg._check import check_number
-from pikku_pg._sql.workflow import (
-    LOCK,
-    RESTORE_LOCK_TIMEOUT,
-    SET_LOCK_TIMEOUT,
-    TRY_LOCK,
-    UNLOCK,
-)
+from pikku_pg._sql.workflow import LockQueries
 from pikku_pg._sync._database import Database
 from pikku_pg.errors import DatabaseUnavailableError, LockTimeoutError
 
 _MAX_LOCK_TIMEOUT_MS = 2**31 - 1
+_Q = LockQueries.unscoped()
 
 
 def check_timeout(timeout: object) -> float | None:
@@ -53,9 +48,9 @@ def _acquire(conn: Connection[Any], key: str, timeout: float | None, what: str) 
     params = {"key": key}
     cur = conn.cursor(row_factory=tuple_row)
     if timeout is None:
-        cur.execute(LOCK, params)
+        cur.execute(_Q.lock, params)
     elif timeout <= 0:
-        cur.execute(TRY_LOCK, params)
+        cur.execute(_Q.try_lock, params)
         row = cur.fetchone()
         if not row or not row[0]:
             raise LockTimeoutError(f"{what} is locked by another holder")
@@ -65,9 +60,9 @@ def _acquire(conn: Connection[Any], key: str, timeout: float | None, what: str) 
         ms = f"{max(1, round(timeout * 1000))}ms"
         try:
             with conn.pipeline(), conn.transaction():
-                cur.execute(SET_LOCK_TIMEOUT, {"timeout": ms})
-                cur.execute(LOCK, params)
-                cur.execute(RESTORE_LOCK_TIMEOUT)
+                cur.execute(_Q.set_lock_timeout, {"timeout": ms})
+                cur.execute(_Q.lock, params)
+                cur.execute(_Q.restore_lock_timeout)
         except psycopg.errors.LockNotAvailable:
             raise LockTimeoutError(f"could not lock {what} within {timeout:g} s") from None
 
@@ -105,7 +100,7 @@ def advisory_lock(
         finally:
             try:
                 with db.connection() as conn:
-                    conn.execute(UNLOCK, {"key": key})
+                    conn.execute(_Q.unlock, {"key": key})
             except (psycopg.OperationalError, DatabaseUnavailableError):
                 pass  # the connection is gone, and the lock with it
         return
@@ -137,7 +132,7 @@ def advisory_lock(
 
 def _release(conn: Connection[Any], key: str) -> None:
     try:
-        conn.execute(UNLOCK, {"key": key})
+        conn.execute(_Q.unlock, {"key": key})
         _end_transaction(conn)
     except BaseException as exc:
         # A lock that cannot be released must not go back to the pool with its

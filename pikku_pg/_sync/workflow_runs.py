@@ -21,7 +21,7 @@ from pikku_pg._rows.workflow import (
     run_step_from_row,
     version_from_row,
 )
-from pikku_pg._sql.workflow import WORKFLOW, WorkflowQueries, workflow_queries
+from pikku_pg._sql.workflow import WORKFLOW, WorkflowQueries
 from pikku_pg._sync._database import Database
 from pikku_pg._sync._service import PgService
 from pikku_pg.errors import WorkflowRunNotFoundError
@@ -96,7 +96,7 @@ class PgWorkflowRunService(PgService):
     default_schema: ClassVar[str] = WORKFLOW.default_schema
 
     def _prepare_queries(self) -> None:
-        self._q = workflow_queries(self._schema)
+        self._q = WorkflowQueries.render(self._schema)
 
     def list_runs(
         self,
@@ -116,11 +116,8 @@ class PgWorkflowRunService(PgService):
             params["workflow"] = check_text("workflow_name", workflow_name)
         if status is not None:
             params["status"] = check_workflow_status(status)
-        q = self._q
-        if workflow_name is not None:
-            query = q.list_runs_by_both if status is not None else q.list_runs_by_workflow
-        else:
-            query = q.list_runs_by_status if status is not None else q.list_runs
+        filters = tuple(name for name in ("workflow", "status") if name in params)
+        query = self._q.list_runs[filters]
         rows = self._db.fetch_all(query, params, row_factory=dict_row, read=True)
         return [run_from_row(r) for r in rows]
 

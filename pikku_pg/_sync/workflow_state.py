@@ -44,7 +44,7 @@ from pikku_pg._rows.workflow import (
     step_state_from_row,
     step_uuid,
 )
-from pikku_pg._sql.workflow import WORKFLOW, workflow_queries
+from pikku_pg._sql.workflow import WORKFLOW, WorkflowQueries
 from pikku_pg._sync._service import PgService
 from pikku_pg._sync.locks import advisory_lock, check_timeout
 from pikku_pg._sync.workflow_runs import (
@@ -87,7 +87,7 @@ class WorkflowStateStore(PgService):
     default_schema: ClassVar[str] = WORKFLOW.default_schema
 
     def _prepare_queries(self) -> None:
-        self._q = workflow_queries(self._schema)
+        self._q = WorkflowQueries.render(self._schema)
 
     # ------------------------------------------------------------------ runs
 

@@ -765,7 +765,7 @@ async def test_get_messages_reads_only_its_page_of_a_huge_thread(
         "ANALYZE {m}",
     ):
         await admin_conn.execute(sql.SQL(statement).format(t=threads, m=messages))
-    query = render(ai_sql.GET_MESSAGES, schema_name).decode()
+    query = render(ai_sql.GET_MESSAGES, schema_name)
     query = query.replace("%(thread_id)s", "$1").replace("%(limit)s", "$2")
     for plans in ("force_generic_plan", "force_custom_plan"):
         async with admin_conn.transaction():

@@ -185,7 +185,7 @@ async def _find_function_plan(
     """EXPLAIN of the prepared find_function query for ``function``, under ``SET LOCAL setting``."""
     from pikku_pg._sql import deployment, render
 
-    query = render(deployment.FIND_FUNCTION, schema_name).decode()
+    query = render(deployment.FIND_FUNCTION, schema_name)
     query = query.replace("%s", "$1", 1).replace("%s", "$2", 1)
     async with admin_conn.transaction():
         await admin_conn.execute(f"SET LOCAL {setting}")
