@@ -151,6 +151,7 @@ WORKFLOW = Component(
 # ---------------------------------------------------------------------------------
 # Runs. Queries whose rows become models return JSONB columns as text: the row
 # mappers parse it (faster than the per-cell JSONB loader on a 50-row result).
+# ``_RUN_COLUMNS`` and ``_RUN_STATE_SET`` are shared with ``workflow_queue``'s statements.
 
 _RUN_COLUMNS = """\
 workflow_run_id::text AS workflow_run_id, workflow, status, input::text AS input,
