@@ -461,7 +461,7 @@ def _approval(item: Sequence[Any]) -> ToolCallApproval | AgentCallApproval:
 
 
 def _run_fields(row: Sequence[Any]) -> dict[str, Any]:
-    """The fields that both forms of a ``RUN_COLUMNS`` row share."""
+    """The fields that both forms of a ``_RUN_COLUMNS`` row share."""
     return {
         "run_id": row[0],
         "agent_name": row[1],
@@ -477,7 +477,7 @@ def _run_fields(row: Sequence[Any]) -> dict[str, Any]:
 
 
 def run_from_row(row: Sequence[Any]) -> AgentRunState:
-    """A ``RUN_COLUMNS`` row plus its approvals array -> AgentRunState."""
+    """A ``_RUN_COLUMNS`` row plus its approvals array -> AgentRunState."""
     approvals = row[13]
     return trusted(
         AgentRunState,
@@ -497,7 +497,7 @@ def found_approval(row: Sequence[Any], tool_call_id: str) -> AgentRunApproval:
 
 
 def run_row_from_row(row: Sequence[Any]) -> AgentRunRow:
-    """A ``RUN_COLUMNS`` row -> AgentRunRow (the console's flat form)."""
+    """A ``_RUN_COLUMNS`` row -> AgentRunRow (the console's flat form)."""
     return trusted(
         AgentRunRow,
         **_run_fields(row),
