@@ -12,15 +12,23 @@ import re
 from typing import Any
 
 from psycopg.types.json import Jsonb
+from pydantic import BaseModel
 
 from pikku_pg._check import check_text, has_surrogate, quote
 from pikku_pg.errors import InvalidInputError
 
-__all__ = ["check_text", "dumps", "json_text", "jsonb", "read_list", "read_object"]
+__all__ = ["check_text", "dumps", "json_text", "jsonb", "plain_json", "read_list", "read_object"]
 
 # "\u0000" preceded by an even number of backslashes is an escaped NUL character,
 # which JSONB refuses ("unsupported Unicode escape sequence").
 _ESCAPED_NUL = re.compile(r"(?<!\\)(?:\\\\)*\\u0000")
+
+
+def plain_json(value: Any) -> Any:
+    """A pydantic model as its TypeScript JSON shape (camelCase); anything else as is."""
+    if isinstance(value, BaseModel):
+        return value.model_dump(by_alias=True, mode="json")
+    return value
 
 
 def dumps(value: Any) -> str:

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any, TypedDict
 
 from pikku_pg._check import check_bool, check_int, check_optional_text, quote
-from pikku_pg._rows.workflow_engine import positive_seconds
+from pikku_pg._workflow_rules import positive_seconds
 from pikku_pg.errors import InvalidInputError
 
 #: The most executors one worker runs (each sync executor is a thread).

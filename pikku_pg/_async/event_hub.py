@@ -71,11 +71,9 @@ from pikku_pg._async._listener import (
 )
 from pikku_pg._async.channel import AsyncPgEventHubStore
 from pikku_pg._check import check_number, quote
-from pikku_pg._rows.channel import (
+from pikku_pg._hub_envelope import (
     EventReference,
     InlineEvent,
-    check_channel_ids,
-    check_topic,
     encode_data,
     fits_inline,
     inline_envelope,
@@ -85,6 +83,7 @@ from pikku_pg._rows.channel import (
     reference_envelope_parts,
     reference_token,
 )
+from pikku_pg._rows.channel import check_channel_ids, check_topic
 from pikku_pg.errors import ConflictError, InvalidInputError, ServiceClosedError
 from pikku_pg.models.channel import EventHubMessage, EventHubStats
 

@@ -39,7 +39,10 @@ from pikku_pg._async.workflow_worker import AsyncWorkflowWorker
 from pikku_pg._check import check_number, check_text_list, quote
 from pikku_pg._json import dumps
 from pikku_pg._rows.workflow import UNKNOWN_WIRE, encode_wire
-from pikku_pg._rows.workflow_engine import (
+from pikku_pg._sql.workflow import WORKFLOW
+from pikku_pg._sql.workflow_queue import WORKFLOW_QUEUE
+from pikku_pg._worker_options import WorkerOptions, WorkerSettings
+from pikku_pg._workflow_rules import (
     CANCELLED,
     check_name,
     code_source,
@@ -48,9 +51,6 @@ from pikku_pg._rows.workflow_engine import (
     positive_seconds,
     stored_error_dict,
 )
-from pikku_pg._sql.workflow import WORKFLOW
-from pikku_pg._sql.workflow_queue import WORKFLOW_QUEUE
-from pikku_pg._worker_options import WorkerOptions, WorkerSettings
 from pikku_pg.errors import (
     DuplicateRegistrationError,
     InvalidInputError,

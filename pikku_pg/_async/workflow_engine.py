@@ -36,7 +36,7 @@ from pikku_pg._async.workflow_queue import AsyncWorkflowQueue, Job
 from pikku_pg._check import quote
 from pikku_pg._json import jsonb
 from pikku_pg._rows.workflow import serialize_exception
-from pikku_pg._rows.workflow_engine import (
+from pikku_pg._workflow_rules import (
     NON_DETERMINISTIC,
     RPC_NOT_FOUND,
     SUSPENDED,

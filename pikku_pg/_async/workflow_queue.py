@@ -35,8 +35,8 @@ from pikku_pg._rows.workflow import (
     run_uuid,
     step_uuid,
 )
-from pikku_pg._rows.workflow_engine import check_backoff, notify_channel
 from pikku_pg._sql.workflow_queue import QueueQueries
+from pikku_pg._workflow_rules import check_backoff, notify_channel
 from pikku_pg.errors import LeaseLostError, StepExistsError
 from pikku_pg.models.workflow import RunActivity, WorkflowRun, WorkflowRunWire
 

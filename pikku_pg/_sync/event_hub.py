@@ -64,11 +64,9 @@ from psycopg import Connection
 
 from pikku_pg._acompat import Queue, StateLock, gather, spawn
 from pikku_pg._check import check_number, quote
-from pikku_pg._rows.channel import (
+from pikku_pg._hub_envelope import (
     EventReference,
     InlineEvent,
-    check_channel_ids,
-    check_topic,
     encode_data,
     fits_inline,
     inline_envelope,
@@ -78,6 +76,7 @@ from pikku_pg._rows.channel import (
     reference_envelope_parts,
     reference_token,
 )
+from pikku_pg._rows.channel import check_channel_ids, check_topic
 from pikku_pg._sync._database import ConnectionSource
 from pikku_pg._sync._listener import (
     MAX_RECONNECT_DELAY,

@@ -27,15 +27,6 @@ from pikku_pg._acompat import sleep
 from pikku_pg._check import check_number, check_text_list, quote
 from pikku_pg._json import dumps
 from pikku_pg._rows.workflow import UNKNOWN_WIRE, encode_wire
-from pikku_pg._rows.workflow_engine import (
-    CANCELLED,
-    check_name,
-    code_source,
-    code_version,
-    error_record,
-    positive_seconds,
-    stored_error_dict,
-)
 from pikku_pg._sql.workflow import WORKFLOW
 from pikku_pg._sql.workflow_queue import WORKFLOW_QUEUE
 from pikku_pg._sync._database import ConnectionSource
@@ -52,6 +43,15 @@ from pikku_pg._sync.workflow_queue import Job, WorkflowQueue
 from pikku_pg._sync.workflow_state import WorkflowStateStore
 from pikku_pg._sync.workflow_worker import WorkflowWorker
 from pikku_pg._worker_options import WorkerOptions, WorkerSettings
+from pikku_pg._workflow_rules import (
+    CANCELLED,
+    check_name,
+    code_source,
+    code_version,
+    error_record,
+    positive_seconds,
+    stored_error_dict,
+)
 from pikku_pg.errors import (
     DuplicateRegistrationError,
     InvalidInputError,

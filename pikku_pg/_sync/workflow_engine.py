@@ -36,7 +36,8 @@ from pikku_pg._acompat import sleep
 from pikku_pg._check import quote
 from pikku_pg._json import jsonb
 from pikku_pg._rows.workflow import serialize_exception
-from pikku_pg._rows.workflow_engine import (
+from pikku_pg._sync.workflow_queue import Job, WorkflowQueue
+from pikku_pg._workflow_rules import (
     NON_DETERMINISTIC,
     RPC_NOT_FOUND,
     SUSPENDED,
@@ -52,7 +53,6 @@ from pikku_pg._rows.workflow_engine import (
     retry_delay_text,
     stored_error_dict,
 )
-from pikku_pg._sync.workflow_queue import Job, WorkflowQueue
 from pikku_pg.errors import (
     DatabaseUnavailableError,
     InvalidInputError,

@@ -20,7 +20,7 @@ from psycopg_pool import AsyncConnectionPool
 from pikku_pg._acompat import asleep
 from pikku_pg._async.channel import AsyncPgChannelStore
 from pikku_pg._async.event_hub import AsyncPgEventHubService
-from pikku_pg._rows.channel import (
+from pikku_pg._hub_envelope import (
     MAX_INLINE_PAYLOAD_BYTES,
     EventReference,
     inline_envelope,

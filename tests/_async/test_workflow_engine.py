@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from pikku_pg import AsyncPgWorkflowRunService, AsyncPgWorkflowService, AsyncWorkflowContext
-from pikku_pg._rows.workflow_engine import parse_duration
+from pikku_pg._workflow_rules import parse_duration
 from pikku_pg.errors import (
     DuplicateRegistrationError,
     InvalidInputError,

@@ -19,7 +19,7 @@ from psycopg.conninfo import make_conninfo
 from psycopg_pool import ConnectionPool
 
 from pikku_pg._acompat import sleep
-from pikku_pg._rows.channel import (
+from pikku_pg._hub_envelope import (
     MAX_INLINE_PAYLOAD_BYTES,
     EventReference,
     inline_envelope,

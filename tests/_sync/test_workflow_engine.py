@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from pikku_pg import PgWorkflowRunService, PgWorkflowService, WorkflowContext
-from pikku_pg._rows.workflow_engine import parse_duration
+from pikku_pg._workflow_rules import parse_duration
 from pikku_pg.errors import (
     DuplicateRegistrationError,
     InvalidInputError,
