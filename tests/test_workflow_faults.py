@@ -541,3 +541,32 @@ def test_runs_survive_terminated_worker_backends(pg_dsn: str, schema: str, tmp_p
     assert terminated >= 6  # each worker's pool and listener, three times
     assert watch.longest <= ORPHAN_BOUND
     _assert_no_tracebacks(*workers)
+
+
+# ------------------------------------------------------------------ the audit itself
+
+
+def test_the_audit_counts_unfenced_writes_rewrites_and_orphans(pg_dsn: str, schema: str) -> None:
+    """The counters the scenarios assert to be 0 do see what they count."""
+    with (
+        PgWorkflowService(pg_dsn, schema, **service_kwargs()) as wf,
+        OrphanWatch(pg_dsn, schema, interval=0.05) as watch,
+    ):
+        register(wf, Recorder(pg_dsn, schema))
+        done = wf.run_to_completion("one", None)
+        assert audit(pg_dsn, schema).stale_writes == []
+        (completed_id,) = _outputs(pg_dsn, schema)
+        step = wf.get_step_state(completed_id, "only")
+        # The state API holds no lease: a stale writer's rewrite of a succeeded step.
+        wf.set_step_result(step.step_id, "forged", overwrite=True)
+        wf.update_run_status(completed_id, "completed")  # completed a second time
+        orphan = wf.create_run("one", None)  # running, and no job: nobody will run it
+        time.sleep(0.3)
+    result = audit(pg_dsn, schema)
+    assert done == [step.result]
+    assert len(result.stale_writes) >= 2  # the step row and its history row
+    assert any("forged" in r for r in result.rewritten)
+    assert any("differs" in r for r in result.rewritten)
+    assert result.completed_twice == 1
+    assert result.orphans == 1 and result.lost == [f"{orphan} running"]
+    assert watch.longest >= 0.2
