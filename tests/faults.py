@@ -142,7 +142,8 @@ class Recorder:
     """The step function of the fault workflows (sync flavour).
 
     Records the execution, then returns a token unique to it. The step "slow" sleeps
-    ``slow`` seconds, or (``hang``) until the process is killed; with ``announce`` it
+    ``slow`` seconds (or what the run's input asks, see :func:`step_data`), or
+    (``hang``) until the process is killed; with ``announce`` it
     prints ``slow <run id>`` first; with ``interrupt_after`` it sends SIGINT to its own
     process that many seconds after it started.
     """
@@ -163,21 +164,21 @@ class Recorder:
         self.slow, self.hang, self.announce = slow, hang, announce
         self.interrupt_after = interrupt_after
 
-    def __call__(self, data: dict[str, str]) -> str:
+    def __call__(self, data: dict[str, Any]) -> str:
         token = f"{data['step']}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self._record({**data, "pid": os.getpid(), "token": token})
         if data["step"] == "slow":
-            self._slow_part(data["run"])
+            self._slow_part(data["run"], float(data.get("slow", self.slow)))
         return token
 
-    def _slow_part(self, run_id: str) -> None:
+    def _slow_part(self, run_id: str, seconds: float) -> None:
         if self.announce:
             print(f"slow {run_id}", flush=True)
         if self.interrupt_after is not None:
             timer = threading.Timer(self.interrupt_after, os.kill, (os.getpid(), signal.SIGINT))
             timer.daemon = True
             timer.start()
-        time.sleep(3600 if self.hang else self.slow)
+        time.sleep(3600 if self.hang else seconds)
 
     def _record(self, params: dict[str, Any]) -> None:
         # Its own connection, named apart from the engine's (a fault test that kills the
@@ -208,7 +209,7 @@ class AsyncRecorder:
         self._query = render(RECORD_EXECUTION, schema)
         self.slow = slow
 
-    async def __call__(self, data: dict[str, str]) -> str:
+    async def __call__(self, data: dict[str, Any]) -> str:
         import asyncio
 
         token = f"{data['step']}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
@@ -218,8 +219,17 @@ class AsyncRecorder:
         ) as conn:
             await conn.execute(self._query, params)
         if data["step"] == "slow":
-            await asyncio.sleep(self.slow)
+            await asyncio.sleep(float(data.get("slow", self.slow)))
         return token
+
+
+def step_data(ctx: Any, step: str) -> dict[str, Any]:
+    """A step's data: its run and name, and the seconds the step "slow" takes when the
+    run's input names them (``{"slow": 3.0}``)."""
+    data: dict[str, Any] = {"run": ctx.run_id, "step": step}
+    if isinstance(ctx.input, dict) and "slow" in ctx.input:
+        data["slow"] = ctx.input["slow"]
+    return data
 
 
 def register(wf: Any, record: Any) -> None:
@@ -228,11 +238,11 @@ def register(wf: Any, record: Any) -> None:
 
     @wf.workflow("three", version="1")
     def three(ctx: Any, _: Any) -> list[str]:
-        return [ctx.do(s, record, {"run": ctx.run_id, "step": s}) for s in STEPS]
+        return [ctx.do(s, record, step_data(ctx, s)) for s in STEPS]
 
     @wf.workflow("one", version="1")
     def one(ctx: Any, _: Any) -> list[str]:
-        return [ctx.do("only", record, {"run": ctx.run_id, "step": "only"})]
+        return [ctx.do("only", record, step_data(ctx, "only"))]
 
 
 def register_async(wf: Any, record: Any) -> None:
@@ -240,7 +250,7 @@ def register_async(wf: Any, record: Any) -> None:
 
     @wf.workflow("three", version="1")
     async def three(ctx: Any, _: Any) -> list[str]:
-        return [await ctx.do(s, record, {"run": ctx.run_id, "step": s}) for s in STEPS]
+        return [await ctx.do(s, record, step_data(ctx, s)) for s in STEPS]
 
 
 # ------------------------------------------------------------------ child processes

@@ -46,8 +46,9 @@ POLL = 0.2
 # This 2-core VM is shared with other test runs: a claim may come this much late.
 SLACK = 2.0
 RECOVERY_BOUND = LEASE + POLL + SLACK
-# A run may be ownerless from its lease's expiry until the next claim.
-ORPHAN_BOUND = LEASE + SLACK
+# A run may be ownerless (running, no live lease, no pending job) from its lease's
+# expiry until the next claim, but never for longer than one lease.
+ORPHAN_BOUND = LEASE
 
 
 @pytest.fixture
@@ -169,25 +170,32 @@ def _freeze_inside_slow(frozen: Child, dsn: str, schema: str) -> str:
 def test_a_worker_frozen_past_its_lease_cannot_write_when_it_wakes(
     pg_dsn: str, schema: str, tmp_path: Path
 ) -> None:
+    """Four stalls. In even rounds the new owner has finished the run when the frozen
+    worker wakes; in odd ones (a 3 s step) it is still inside the same step."""
     config = _worker_config(pg_dsn, schema)
     stalls = 4
-    frozen = spawn(tmp_path, **config, concurrency=1, slow=1.0, announce=True)
+    frozen = spawn(tmp_path, **config, concurrency=1, announce=True)
     stalled: list[str] = []
+    woke_during_new_owners_step = 0
     try:
         with (
             PgWorkflowService(pg_dsn, schema) as wf,
             OrphanWatch(pg_dsn, schema) as watch,
-            children(tmp_path, 1, **config, slow=0.3) as (other,),
+            children(tmp_path, 1, **config, concurrency=5) as (other,),  # never busy
         ):
             register(wf, None)
             for round_ in range(stalls):
-                run_ids = [wf.start_workflow("three", [round_, i]) for i in range(5)]
+                slow = 3.0 if round_ % 2 else 0.3
+                run_ids = [wf.start_workflow("three", {"slow": slow}) for _ in range(5)]
                 run_id = _freeze_inside_slow(frozen, pg_dsn, schema)
-                stopped = time.monotonic()
+                stopped, stopped_at = time.monotonic(), _clock(pg_dsn)
                 stalled.append(run_id)
-                assert wf.wait_for_run(run_id, timeout=30).status == "completed"
+                _taken_over_after(pg_dsn, schema, run_id, frozen.pid, stopped_at)
+                if slow < 1.0:
+                    assert wf.wait_for_run(run_id, timeout=30).status == "completed"
                 time.sleep(max(0.0, LEASE + 2.0 - (time.monotonic() - stopped)))
                 frozen.signal(signal.SIGCONT)
+                woke_during_new_owners_step += wf.get_run(run_id).status == "running"  # type: ignore[union-attr]
                 _wait_for_lost_lease_warnings(frozen, round_ + 1)
                 for r in run_ids:
                     wf.wait_for_run(r, timeout=30)
@@ -195,9 +203,10 @@ def test_a_worker_frozen_past_its_lease_cannot_write_when_it_wakes(
     finally:
         frozen.stop()
     result = audit(pg_dsn, schema)
-    _report("SIGSTOP", result, watch, stalls=stalls)
+    _report("SIGSTOP", result, watch, stalls=stalls, woke_during=woke_during_new_owners_step)
     result.assert_clean()
     assert result.statuses == {"completed": 5 * stalls}
+    assert woke_during_new_owners_step >= 1
     outputs = _outputs(pg_dsn, schema)
     for run_id in stalled:
         # The frozen worker ran "slow" first; its result is nowhere in the output.
