@@ -186,8 +186,10 @@ def test_a_worker_frozen_past_its_lease_cannot_write_when_it_wakes(
             register(wf, None)
             for round_ in range(stalls):
                 slow = 3.0 if round_ % 2 else 0.3
+                other.signal(signal.SIGSTOP)  # idle: paused so the frozen one gets a run
                 run_ids = [wf.start_workflow("three", {"slow": slow}) for _ in range(5)]
                 run_id = _freeze_inside_slow(frozen, pg_dsn, schema)
+                other.signal(signal.SIGCONT)
                 stopped, stopped_at = time.monotonic(), _clock(pg_dsn)
                 stalled.append(run_id)
                 _taken_over_after(pg_dsn, schema, run_id, frozen.pid, stopped_at)
