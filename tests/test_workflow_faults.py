@@ -294,7 +294,7 @@ async def _cancelled_callers(dsn: str, schema: str, count: int) -> Counter[str]:
 
     async def call(i: int) -> None:
         mode = "cancel" if i % 4 == 0 else "release"
-        timeout = rng.uniform(0.02, 0.6)
+        timeout = rng.uniform(0.0, 0.6)  # from before the run exists to mid-step
         try:
             await asyncio.wait_for(
                 wf.run_to_completion("three", {"i": i, "mode": mode}, on_cancel=mode), timeout
@@ -318,21 +318,27 @@ def test_cancelled_inline_callers_leave_their_runs_to_the_workers(
 ) -> None:
     ended = asyncio.run(_cancelled_callers(pg_dsn, schema, 100))
     with (
-        OrphanWatch(pg_dsn, schema) as watch,
         children(tmp_path, 1, **_worker_config(pg_dsn, schema)) as (worker,),
+        OrphanWatch(pg_dsn, schema) as watch,  # from when a worker is there to claim
     ):
         wait_until_settled(pg_dsn, schema, 60)
     result = audit(pg_dsn, schema, allowed=("completed", "cancelled"))
+    modes = _modes(pg_dsn, schema)
+    cancelled = {r for r, (mode, status) in modes.items() if status == "cancelled"}
     _report(
-        "cancelled callers", result, watch, **{k.replace(" ", "_"): v for k, v in ended.items()}
+        "cancelled callers",
+        result,
+        watch,
+        **{k.replace(" ", "_"): v for k, v in ended.items()},
+        # Interrupted before run_to_completion had its claim in hand (the run exists
+        # but the caller never saw it): a worker completes it after one inline lease.
+        cancel_mode_completed=sum(m == ("cancel", "completed") for m in modes.values()),
     )
     result.assert_clean()
-    assert sum(ended.values()) == 100 and result.runs == 100
+    assert sum(ended.values()) == 100 and 90 <= result.runs <= 100  # some cut before the start
     assert not [k for k in ended if k.startswith("raw")], ended
     interrupted = ended["interrupted (release)"] + ended["interrupted (cancel)"]
     assert interrupted >= 50  # the timeouts cut most calls short
-    modes = _modes(pg_dsn, schema)
-    cancelled = {r for r, (mode, status) in modes.items() if status == "cancelled"}
     assert all(modes[r][0] == "cancel" for r in cancelled)
     assert len(cancelled) <= ended["interrupted (cancel)"]
     _only_interrupted_attempts_ran_again(result, cancelled, worker.pid)
@@ -376,8 +382,8 @@ def test_a_keyboard_interrupt_hands_the_inline_run_over_or_cancels_it(
         caller = spawn(tmp_path, **inline, on_cancel=mode, slow=5.0, interrupt_after=0.2)
         outcomes[mode] = (caller.line(), caller.proc.wait(20), tracebacks(caller))
     with (
-        OrphanWatch(pg_dsn, schema) as watch,
         children(tmp_path, 1, **_worker_config(pg_dsn, schema)) as (worker,),
+        OrphanWatch(pg_dsn, schema) as watch,  # from when a worker is there to claim
     ):
         wait_until_settled(pg_dsn, schema, 30)
     assert outcomes == {"release": ("interrupted", 0, []), "cancel": ("interrupted", 0, [])}
