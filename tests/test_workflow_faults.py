@@ -284,17 +284,20 @@ def test_a_killed_workers_run_is_recovered_behind_a_backlog(
 # ------------------------------------------------------------- 4. cancelled inline callers
 
 
-async def _cancelled_callers(dsn: str, schema: str, count: int) -> Counter[str]:
-    """``count`` run_to_completion calls cut short by a random timeout, ten at a time;
-    every fourth asks for on_cancel="cancel". Returns how the calls ended."""
+async def _cancelled_callers(
+    dsn: str, schema: str, count: int, *, longest: float = 0.6, cancel_every: int = 4
+) -> Counter[str]:
+    """``count`` run_to_completion calls cut short by a random timeout (up to
+    ``longest`` s), ten at a time; every ``cancel_every``-th asks for on_cancel="cancel".
+    Returns how the calls ended."""
     rng = random.Random(11)
     ended: Counter[str] = Counter()
     wf = AsyncPgWorkflowService(dsn, schema, inline_lease=LEASE, **service_kwargs())
     register_async(wf, AsyncRecorder(dsn, schema, slow=0.3))
 
     async def call(i: int) -> None:
-        mode = "cancel" if i % 4 == 0 else "release"
-        timeout = rng.uniform(0.0, 0.6)  # from before the run exists to mid-step
+        mode = "cancel" if i % cancel_every == 0 else "release"
+        timeout = rng.uniform(0.0, longest)  # from before the run exists to mid-step
         try:
             await asyncio.wait_for(
                 wf.run_to_completion("three", {"i": i, "mode": mode}, on_cancel=mode), timeout
@@ -344,6 +347,37 @@ def test_cancelled_inline_callers_leave_their_runs_to_the_workers(
     _only_interrupted_attempts_ran_again(result, cancelled, worker.pid)
     assert watch.longest <= ORPHAN_BOUND
     _assert_no_tracebacks(worker)
+
+
+def test_a_caller_interrupted_while_its_run_is_stored_still_cancels_it(
+    pg_dsn: str, schema: str, tmp_path: Path
+) -> None:
+    """on_cancel="cancel" callers interrupted within 30 ms, mostly while the statement
+    that stores the run (already claimed by the caller) is in flight: no such run may
+    be run to completion by a worker."""
+    ended = asyncio.run(_cancelled_callers(pg_dsn, schema, 40, longest=0.03, cancel_every=1))
+    with children(tmp_path, 1, **_worker_config(pg_dsn, schema)) as (worker,):
+        wait_until_settled(pg_dsn, schema, 30)
+    result = audit(pg_dsn, schema, allowed=("completed", "cancelled"))
+    finished_by_worker = _completed_by(pg_dsn, schema, writer_name(worker.pid))
+    print(
+        f"\n[interrupted at the start] calls={dict(ended)} runs={result.runs}"
+        f" statuses={dict(result.statuses)} completed_by_the_worker={len(finished_by_worker)}"
+    )
+    result.assert_clean()
+    assert ended["interrupted (cancel)"] >= 30
+    assert finished_by_worker == []
+
+
+def _completed_by(dsn: str, schema: str, writer: str) -> list[str]:
+    """The runs whose completion ``writer`` wrote."""
+    query = render(
+        "SELECT run_id::text FROM {schema}.writes"
+        " WHERE tbl = 'run' AND new_status = 'completed' AND writer = %(writer)s",
+        schema,
+    )
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        return [r[0] for r in conn.execute(query, {"writer": writer}).fetchall()]
 
 
 def _modes(dsn: str, schema: str) -> dict[str, tuple[str, str]]:
