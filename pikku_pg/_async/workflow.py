@@ -20,7 +20,7 @@ from collections.abc import Callable, Mapping
 from datetime import datetime, timezone
 from typing import Any, ClassVar, TypeVar
 
-from pikku_pg._acompat import asleep
+from pikku_pg._acompat import agather, asleep, aspawn
 from pikku_pg._async._database import ConnectionSource
 from pikku_pg._async.workflow_engine import (
     AsyncReplayEngine,
@@ -221,14 +221,7 @@ class AsyncPgWorkflowService(AsyncWorkflowStateStore):
         text = dumps(input)  # refuses what is not JSON before anything is stored
         run_wire = WorkflowRunWire.model_validate(UNKNOWN_WIRE if wire is None else _wire(wire))
         await self._ensure_version(defn)
-        job = await self._queue.start_inline_run(
-            name,
-            input,
-            graph_hash=defn.version,
-            wire=wire,
-            owner=self._inline_owner,
-            lease=self._leases.lease,
-        )
+        job = await self._start_inline_run(defn, input, wire, on_cancel)
         now = datetime.now(timezone.utc)
         run = WorkflowRun.model_construct(
             id=job.run_id,
@@ -243,6 +236,47 @@ class AsyncPgWorkflowService(AsyncWorkflowStateStore):
         )
         outcome = await self._run_inline(job, on_cancel, run=run, fresh=True)
         return _result(job.run_id, outcome)
+
+    async def _start_inline_run(
+        self,
+        defn: WorkflowDefinition,
+        input: Any,
+        wire: WorkflowRunWire | Mapping[str, Any] | None,
+        on_cancel: str,
+    ) -> Job:
+        """Store an inline run claimed by this caller; returns the claim."""
+        if True:  # ASYNC
+            # A cancellation that lands while the statement runs does not stop it from
+            # committing: the run would then wait out its lease unseen and a worker would
+            # finish it, whatever on_cancel says. So the statement runs in a task of its
+            # own, and an interrupted caller waits for it, then abandons the run.
+            started = aspawn(self._store_inline_run, (defn, input, wire))
+            try:
+                await agather(started)
+            except BaseException as exc:
+                with contextlib.suppress(Exception):
+                    await agather(started)
+                    await self._abandon(started.result(), on_cancel, exc)
+                raise
+            job: Job = started.result()
+            return job
+        else:
+            return self._store_inline_run(defn, input, wire)
+
+    async def _store_inline_run(
+        self,
+        defn: WorkflowDefinition,
+        input: Any,
+        wire: WorkflowRunWire | Mapping[str, Any] | None,
+    ) -> Job:
+        return await self._queue.start_inline_run(
+            defn.name,
+            input,
+            graph_hash=defn.version,
+            wire=wire,
+            owner=self._inline_owner,
+            lease=self._leases.lease,
+        )
 
     async def _run_inline(
         self, job: Job, on_cancel: str, *, run: WorkflowRun | None = None, fresh: bool = False

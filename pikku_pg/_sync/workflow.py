@@ -21,7 +21,7 @@ from collections.abc import Callable, Mapping
 from datetime import datetime, timezone
 from typing import Any, ClassVar, TypeVar
 
-from pikku_pg._acompat import sleep
+from pikku_pg._acompat import gather, sleep, spawn
 from pikku_pg._json import dumps
 from pikku_pg._rows.workflow import UNKNOWN_WIRE, encode_wire
 from pikku_pg._rows.workflow_engine import (
@@ -222,14 +222,7 @@ class PgWorkflowService(WorkflowStateStore):
         text = dumps(input)  # refuses what is not JSON before anything is stored
         run_wire = WorkflowRunWire.model_validate(UNKNOWN_WIRE if wire is None else _wire(wire))
         self._ensure_version(defn)
-        job = self._queue.start_inline_run(
-            name,
-            input,
-            graph_hash=defn.version,
-            wire=wire,
-            owner=self._inline_owner,
-            lease=self._leases.lease,
-        )
+        job = self._start_inline_run(defn, input, wire, on_cancel)
         now = datetime.now(timezone.utc)
         run = WorkflowRun.model_construct(
             id=job.run_id,
@@ -244,6 +237,31 @@ class PgWorkflowService(WorkflowStateStore):
         )
         outcome = self._run_inline(job, on_cancel, run=run, fresh=True)
         return _result(job.run_id, outcome)
+
+    def _start_inline_run(
+        self,
+        defn: WorkflowDefinition,
+        input: Any,
+        wire: WorkflowRunWire | Mapping[str, Any] | None,
+        on_cancel: str,
+    ) -> Job:
+        """Store an inline run claimed by this caller; returns the claim."""
+        return self._store_inline_run(defn, input, wire)
+
+    def _store_inline_run(
+        self,
+        defn: WorkflowDefinition,
+        input: Any,
+        wire: WorkflowRunWire | Mapping[str, Any] | None,
+    ) -> Job:
+        return self._queue.start_inline_run(
+            defn.name,
+            input,
+            graph_hash=defn.version,
+            wire=wire,
+            owner=self._inline_owner,
+            lease=self._leases.lease,
+        )
 
     def _run_inline(
         self, job: Job, on_cancel: str, *, run: WorkflowRun | None = None, fresh: bool = False
