@@ -20,6 +20,7 @@ import json
 import logging
 import os
 import queue
+import random
 import signal
 import subprocess
 import sys
@@ -344,7 +345,8 @@ def child_main(config: dict[str, Any]) -> None:
     """A child process. ``config``: ``dsn``, ``schema``, ``role`` ("worker" or "inline"),
     :class:`Recorder` options (``slow``, ``hang``, ``announce``, ``interrupt_after``);
     workers: ``lease``, ``poll``, ``concurrency``; inline callers: ``inline_lease``,
-    ``on_cancel``, ``runs`` (how many "three" runs, one after the other)."""
+    ``on_cancel``, ``runs`` (how many "three" runs, one after the other),
+    ``interrupt_within`` and ``seed`` (see :func:`_run_inline`)."""
     from pikku_pg._sync.workflow import PgWorkflowService
 
     logging.basicConfig(level=logging.WARNING, format="%(name)s %(levelname)s %(message)s")
@@ -366,12 +368,27 @@ def child_main(config: dict[str, Any]) -> None:
                     shutdown_timeout=5,
                 )
             return
-        for _ in range(config.get("runs", 1)):
-            try:
-                wf.run_to_completion("three", None, on_cancel=config.get("on_cancel", "release"))
-                print("completed", flush=True)
-            except KeyboardInterrupt:
-                print("interrupted", flush=True)
+        _run_inline(wf, config)
+
+
+def _run_inline(wf: Any, config: dict[str, Any]) -> None:
+    """Run "three" inline ``runs`` times; with ``interrupt_within``, SIGINT lands at a
+    random moment of the first that many seconds of each call."""
+    rng = random.Random(config.get("seed", 0))
+    for _ in range(config.get("runs", 1)):
+        timer = None
+        if "interrupt_within" in config:
+            delay = rng.uniform(0.0, config["interrupt_within"])
+            timer = threading.Timer(delay, os.kill, (os.getpid(), signal.SIGINT))
+            timer.start()
+        try:
+            wf.run_to_completion("three", None, on_cancel=config.get("on_cancel", "release"))
+            print("completed", flush=True)
+        except KeyboardInterrupt:
+            print("interrupted", flush=True)
+        if timer is not None:
+            timer.join()
+            time.sleep(0.01)  # a late signal lands here, not in the next call
 
 
 # ------------------------------------------------------------------ watching, counting

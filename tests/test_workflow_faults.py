@@ -369,6 +369,37 @@ def test_a_caller_interrupted_while_its_run_is_stored_still_cancels_it(
     assert finished_by_worker == []
 
 
+def test_a_sync_caller_interrupted_while_its_run_is_stored_still_cancels_it(
+    pg_dsn: str, schema: str, tmp_path: Path
+) -> None:
+    """The sync twin: SIGINT within the first 10 ms of each of 40 on_cancel="cancel"
+    calls in a child's main thread; no such run may be run to completion by a worker."""
+    caller = spawn(
+        tmp_path,
+        dsn=pg_dsn,
+        schema=schema,
+        role="inline",
+        inline_lease=LEASE,
+        on_cancel="cancel",
+        runs=40,
+        interrupt_within=0.01,
+    )
+    ended = Counter(caller.line() for _ in range(40))
+    assert caller.proc.wait(20) == 0
+    with children(tmp_path, 1, **_worker_config(pg_dsn, schema)) as (worker,):
+        wait_until_settled(pg_dsn, schema, 30)
+    result = audit(pg_dsn, schema, allowed=("completed", "cancelled"))
+    finished_by_worker = _completed_by(pg_dsn, schema, writer_name(worker.pid))
+    print(
+        f"\n[sync interrupted at the start] calls={dict(ended)} runs={result.runs}"
+        f" statuses={dict(result.statuses)} completed_by_the_worker={len(finished_by_worker)}"
+    )
+    result.assert_clean()
+    assert ended["interrupted"] >= 30
+    assert tracebacks(caller) == []
+    assert finished_by_worker == []
+
+
 def _completed_by(dsn: str, schema: str, writer: str) -> list[str]:
     """The runs whose completion ``writer`` wrote."""
     query = render(
