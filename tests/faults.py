@@ -36,6 +36,8 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
+from pikku_pg.errors import PikkuPgError
+
 ROOT = Path(__file__).resolve().parent.parent
 #: The steps of the workflow "three", in order; "slow" is the one faults hit.
 STEPS = ("first", "slow", "last")
@@ -372,8 +374,9 @@ def child_main(config: dict[str, Any]) -> None:
 
 
 def _run_inline(wf: Any, config: dict[str, Any]) -> None:
-    """Run "three" inline ``runs`` times; with ``interrupt_within``, SIGINT lands at a
-    random moment of the first that many seconds of each call."""
+    """Run "three" inline ``runs`` times (with ``input``), printing how each call ended;
+    with ``interrupt_within``, SIGINT lands at a random moment of the first that many
+    seconds of each call."""
     rng = random.Random(config.get("seed", 0))
     for _ in range(config.get("runs", 1)):
         timer = None
@@ -382,10 +385,14 @@ def _run_inline(wf: Any, config: dict[str, Any]) -> None:
             timer = threading.Timer(delay, os.kill, (os.getpid(), signal.SIGINT))
             timer.start()
         try:
-            wf.run_to_completion("three", None, on_cancel=config.get("on_cancel", "release"))
+            wf.run_to_completion(
+                "three", config.get("input"), on_cancel=config.get("on_cancel", "release")
+            )
             print("completed", flush=True)
         except KeyboardInterrupt:
             print("interrupted", flush=True)
+        except PikkuPgError as exc:
+            print(f"raised {type(exc).__name__}", flush=True)
         if timer is not None:
             timer.join()
             time.sleep(0.01)  # a late signal lands here, not in the next call

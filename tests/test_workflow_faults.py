@@ -107,7 +107,7 @@ def _assert_no_tracebacks(*procs: Child) -> None:
         assert tracebacks(child) == [], tracebacks(child)[0]
 
 
-def _only_the_killed_step_ran_twice(result: Audit, run_id: str, killed_pid: int) -> None:
+def _only_the_stopped_step_ran_twice(result: Audit, run_id: str, killed_pid: int) -> None:
     twice = {key: runs for key, runs in result.executions.items() if len(runs) > 1}
     assert set(twice) == {(run_id, "slow")}, twice
     assert twice[(run_id, "slow")][0][0] == killed_pid
@@ -140,7 +140,7 @@ def test_a_worker_killed_mid_step_loses_nothing(pg_dsn: str, schema: str, tmp_pa
     _report("kill -9", result, watch, recovery=recovery)
     result.assert_clean()
     assert result.statuses == {"completed": 20}
-    _only_the_killed_step_ran_twice(result, run_id, victim.pid)
+    _only_the_stopped_step_ran_twice(result, run_id, victim.pid)
     assert recovery <= RECOVERY_BOUND
     assert watch.longest <= ORPHAN_BOUND
     _assert_no_tracebacks(*others)
@@ -274,7 +274,7 @@ def test_a_killed_workers_run_is_recovered_behind_a_backlog(
     _report("backlog", result, watch, recovery=recovery, backlog_left_at_recovery=backlog_left)
     result.assert_clean()
     assert result.statuses == {"completed": 1001}
-    _only_the_killed_step_ran_twice(result, run_id, victim.pid)
+    _only_the_stopped_step_ran_twice(result, run_id, victim.pid)
     assert backlog_left > 0  # it was recovered while the backlog was still there
     assert recovery <= RECOVERY_BOUND
     assert watch.longest <= ORPHAN_BOUND
@@ -505,9 +505,50 @@ def test_a_dead_inline_callers_run_is_finished_by_a_worker(
     _report("dead inline caller", result, watch, recovery=recovery)
     result.assert_clean()
     assert run.status == "completed" and run.inline is True
-    _only_the_killed_step_ran_twice(result, run_id, caller.pid)
+    _only_the_stopped_step_ran_twice(result, run_id, caller.pid)
     assert recovery <= inline_lease + POLL + SLACK
     assert watch.longest <= ORPHAN_BOUND
+
+
+def test_a_frozen_inline_caller_loses_its_run_and_is_told(
+    pg_dsn: str, schema: str, tmp_path: Path
+) -> None:
+    """An inline caller SIGSTOPped inside a step past its lease: a worker takes the run
+    over and finishes it; woken, the caller's write is refused (LeaseLostError)."""
+    caller = spawn(
+        tmp_path,
+        dsn=pg_dsn,
+        schema=schema,
+        role="inline",
+        inline_lease=LEASE,
+        announce=True,
+        input={"slow": 1.0},
+    )
+    try:
+        run_id = caller.line().split()[1]
+        caller.signal(signal.SIGSTOP)
+        stopped_at = _clock(pg_dsn)
+        with (
+            PgWorkflowService(pg_dsn, schema, **service_kwargs()) as wf,
+            OrphanWatch(pg_dsn, schema) as watch,
+        ):
+            register(wf, Recorder(pg_dsn, schema))
+            with wf.worker(concurrency=1, lease=LEASE, poll_interval=POLL, shutdown_timeout=5):
+                recovery = _taken_over_after(pg_dsn, schema, run_id, caller.pid, stopped_at)
+                run = wf.wait_for_run(run_id, timeout=30)
+            time.sleep(max(0.0, LEASE + 2.0 - recovery))
+            caller.signal(signal.SIGCONT)
+            told = caller.line()
+            assert caller.proc.wait(20) == 0
+    finally:
+        caller.stop()
+    result = audit(pg_dsn, schema)
+    _report("frozen inline caller", result, watch, recovery=recovery)
+    result.assert_clean()
+    assert run.status == "completed" and told == "raised LeaseLostError"
+    _only_the_stopped_step_ran_twice(result, run_id, caller.pid)
+    assert f":{caller.pid}:" not in run.output[1]
+    assert tracebacks(caller) == []
 
 
 # ------------------------------------------------------------------ 6. server restarts
