@@ -16,6 +16,7 @@ import json
 import os
 import socket
 import time
+import uuid
 from collections.abc import Callable, Mapping
 from datetime import datetime, timezone
 from typing import Any, ClassVar, TypeVar
@@ -244,13 +245,17 @@ class AsyncPgWorkflowService(AsyncWorkflowStateStore):
         wire: WorkflowRunWire | Mapping[str, Any] | None,
         on_cancel: str,
     ) -> Job:
-        """Store an inline run claimed by this caller; returns the claim."""
+        """Store an inline run claimed by this caller; returns the claim.
+
+        An interruption that lands while the statement runs does not stop it from
+        committing: the run would then wait out its lease unseen and a worker would
+        finish it, whatever ``on_cancel`` says. So an interrupted caller finds its
+        claim once the statement has ended, and abandons the run.
+        """
         if True:  # ASYNC
-            # A cancellation that lands while the statement runs does not stop it from
-            # committing: the run would then wait out its lease unseen and a worker would
-            # finish it, whatever on_cancel says. So the statement runs in a task of its
-            # own, and an interrupted caller waits for it, then abandons the run.
-            started = aspawn(self._store_inline_run, (defn, input, wire))
+            # The statement runs in a task of its own (it may wait in a batch that
+            # another task sends); an interrupted caller waits for it.
+            started = aspawn(self._store_inline_run, (defn, input, wire, None))
             try:
                 await agather(started)
             except BaseException as exc:
@@ -261,13 +266,24 @@ class AsyncPgWorkflowService(AsyncWorkflowStateStore):
             job: Job = started.result()
             return job
         else:
-            return self._store_inline_run(defn, input, wire)
+            # psycopg lets the statement end before a KeyboardInterrupt goes on: the
+            # claim, named by a token chosen here, then exists or not.
+            token = str(uuid.uuid4())
+            try:
+                return self._store_inline_run(defn, input, wire, token)
+            except KeyboardInterrupt as exc:
+                with contextlib.suppress(Exception):
+                    claim = self._queue.claim_of(token)
+                    if claim is not None:
+                        self._abandon(claim, on_cancel, exc)
+                raise
 
     async def _store_inline_run(
         self,
         defn: WorkflowDefinition,
         input: Any,
         wire: WorkflowRunWire | Mapping[str, Any] | None,
+        token: str | None,
     ) -> Job:
         return await self._queue.start_inline_run(
             defn.name,
@@ -276,14 +292,15 @@ class AsyncPgWorkflowService(AsyncWorkflowStateStore):
             wire=wire,
             owner=self._inline_owner,
             lease=self._leases.lease,
+            token=token,
         )
 
     async def _run_inline(
         self, job: Job, on_cancel: str, *, run: WorkflowRun | None = None, fresh: bool = False
     ) -> Outcome:
         """A replay pass in the caller under ``job``'s lease, kept alive meanwhile."""
-        self._leases.hold(job.token)
         try:
+            self._leases.hold(job.token)  # starts a thread (sync): an interrupt may land
             return await self._engine.replay(job, inline=True, run=run, fresh=fresh)
         except LeaseLostError:
             raise

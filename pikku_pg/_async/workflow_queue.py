@@ -113,9 +113,10 @@ class AsyncWorkflowQueue:
         wire: WorkflowRunWire | Mapping[str, Any] | None,
         owner: str,
         lease: float,
+        token: str | None = None,
     ) -> Job:
         """Store an inline run with its replay job claimed by ``owner`` for ``lease`` s
-        (one statement); returns the claim."""
+        (one statement), under the lease ``token`` if given; returns the claim."""
         params = {
             "workflow": check_text("workflow_name", workflow_name),
             "input": jsonb(input),
@@ -123,10 +124,18 @@ class AsyncWorkflowQueue:
             "wire": encode_wire(wire),
             "owner": owner,
             "lease": float(lease),
+            "token": token,
         }
         row = await self._db.fetch_one(self._q.start_inline_run, params, row_factory=tuple_row)
         assert row is not None
         return Job(int(row[1]), str(row[0]), "replay", None, str(row[2]), 1, has_steps=False)
+
+    async def claim_of(self, token: str) -> Job | None:
+        """The replay job claimed under the lease ``token``, or None when there is none."""
+        row = await self._db.fetch_one(self._q.claim_of, {"token": token}, row_factory=tuple_row)
+        if row is None:
+            return None
+        return Job(int(row[0]), str(row[1]), "replay", None, token, int(row[2]))
 
     async def adopt_run(self, run_id: str) -> bool:
         """Make a running run whose owner is gone due for any worker now.

@@ -110,6 +110,8 @@ SELECT r.workflow_run_id::text, pg_notify(%(channel)s, '') FROM r
 
 # An inline run and its replay job, created already claimed by the caller (one
 # statement): if the caller dies, the lease runs out and a worker takes the run over.
+# The caller may name the lease token, to find its claim if interrupted before it
+# read this statement's row (CLAIM_OF).
 START_INLINE_RUN = """\
 WITH r AS (
   INSERT INTO {schema}.workflow_runs (workflow, status, input, inline, graph_hash, wire)
@@ -118,12 +120,19 @@ WITH r AS (
 ), j AS (
   INSERT INTO {schema}.workflow_jobs
     (workflow_run_id, kind, status, attempts, lease_token, locked_by, locked_until)
-  SELECT workflow_run_id, 'replay', 'running', 1, gen_random_uuid(), %(owner)s,
+  SELECT workflow_run_id, 'replay', 'running', 1,
+         COALESCE(%(token)s::uuid, gen_random_uuid()), %(owner)s,
          now() + make_interval(secs => %(lease)s::float8)
   FROM r
   RETURNING job_id, lease_token
 )
 SELECT r.workflow_run_id::text, j.job_id, j.lease_token::text FROM r, j
+"""
+
+# The replay job claimed under a lease token, if it exists.
+CLAIM_OF = """\
+SELECT job_id, workflow_run_id::text, attempts FROM {schema}.workflow_jobs
+WHERE lease_token = %(token)s::uuid AND status = 'running'
 """
 
 # No job of the run is held by a live lease (nobody is running it now).
@@ -494,6 +503,7 @@ class QueueQueries:
 
     start_run: bytes
     start_inline_run: bytes
+    claim_of: bytes
     adopt_run: bytes
     take_over_run: bytes
     enqueue_replay: bytes
@@ -521,6 +531,7 @@ class QueueQueries:
 _TEMPLATES = {
     "start_run": START_RUN,
     "start_inline_run": START_INLINE_RUN,
+    "claim_of": CLAIM_OF,
     "adopt_run": ADOPT_RUN,
     "take_over_run": TAKE_OVER_RUN,
     "enqueue_replay": ENQUEUE_REPLAY,

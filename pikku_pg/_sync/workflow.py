@@ -17,6 +17,7 @@ import json
 import os
 import socket
 import time
+import uuid
 from collections.abc import Callable, Mapping
 from datetime import datetime, timezone
 from typing import Any, ClassVar, TypeVar
@@ -245,14 +246,31 @@ class PgWorkflowService(WorkflowStateStore):
         wire: WorkflowRunWire | Mapping[str, Any] | None,
         on_cancel: str,
     ) -> Job:
-        """Store an inline run claimed by this caller; returns the claim."""
-        return self._store_inline_run(defn, input, wire)
+        """Store an inline run claimed by this caller; returns the claim.
+
+        An interruption that lands while the statement runs does not stop it from
+        committing: the run would then wait out its lease unseen and a worker would
+        finish it, whatever ``on_cancel`` says. So an interrupted caller finds its
+        claim once the statement has ended, and abandons the run.
+        """
+        # psycopg lets the statement end before a KeyboardInterrupt goes on: the
+        # claim, named by a token chosen here, then exists or not.
+        token = str(uuid.uuid4())
+        try:
+            return self._store_inline_run(defn, input, wire, token)
+        except KeyboardInterrupt as exc:
+            with contextlib.suppress(Exception):
+                claim = self._queue.claim_of(token)
+                if claim is not None:
+                    self._abandon(claim, on_cancel, exc)
+            raise
 
     def _store_inline_run(
         self,
         defn: WorkflowDefinition,
         input: Any,
         wire: WorkflowRunWire | Mapping[str, Any] | None,
+        token: str | None,
     ) -> Job:
         return self._queue.start_inline_run(
             defn.name,
@@ -261,14 +279,15 @@ class PgWorkflowService(WorkflowStateStore):
             wire=wire,
             owner=self._inline_owner,
             lease=self._leases.lease,
+            token=token,
         )
 
     def _run_inline(
         self, job: Job, on_cancel: str, *, run: WorkflowRun | None = None, fresh: bool = False
     ) -> Outcome:
         """A replay pass in the caller under ``job``'s lease, kept alive meanwhile."""
-        self._leases.hold(job.token)
         try:
+            self._leases.hold(job.token)  # starts a thread (sync): an interrupt may land
             return self._engine.replay(job, inline=True, run=run, fresh=fresh)
         except LeaseLostError:
             raise
