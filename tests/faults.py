@@ -146,8 +146,8 @@ class Recorder:
 
     Records the execution, then returns a token unique to it. The step "slow" sleeps
     ``slow`` seconds (or what the run's input asks, see :func:`step_data`), or
-    (``hang``) until the process is killed; with ``announce`` it
-    prints ``slow <run id>`` first; with ``interrupt_after`` it sends SIGINT to its own
+    (``hang``) until the process is killed; with ``announce`` it prints
+    ``slow <run id>`` first; with ``interrupt_after`` it sends SIGINT to its own
     process that many seconds after it started.
     """
 
@@ -237,7 +237,8 @@ def step_data(ctx: Any, step: str) -> dict[str, Any]:
 
 def register(wf: Any, record: Any) -> None:
     """Register the fault workflows on a sync service: "three" (first, slow, last) and
-    "one" (a single fast step)."""
+    "one" (a single fast step). ``record`` is the step function (a :class:`Recorder`;
+    None on a service that only starts runs)."""
 
     @wf.workflow("three", version="1")
     def three(ctx: Any, _: Any) -> list[str]:
@@ -376,7 +377,7 @@ def child_main(config: dict[str, Any]) -> None:
 def _run_inline(wf: Any, config: dict[str, Any]) -> None:
     """Run "three" inline ``runs`` times (with ``input``), printing how each call ended;
     with ``interrupt_within``, SIGINT lands at a random moment of the first that many
-    seconds of each call."""
+    seconds of each call (which must outlast them: the step "slow" sees to that)."""
     rng = random.Random(config.get("seed", 0))
     for _ in range(config.get("runs", 1)):
         timer = None

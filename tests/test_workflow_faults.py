@@ -456,18 +456,10 @@ def test_a_keyboard_interrupt_hands_the_inline_run_over_or_cancels_it(
     _report("KeyboardInterrupt", result, watch)
     result.assert_clean()
     assert result.statuses == {"completed": 1, "cancelled": 1}
-    completed = [
-        r for r, (_, status) in _modes_by_status(pg_dsn, schema).items() if status == "completed"
-    ]
+    completed = [r for r, (_, status) in _modes(pg_dsn, schema).items() if status == "completed"]
     assert [pid for pid, _ in result.executions[(completed[0], "slow")]][1] == worker.pid
     assert result.re_executed == 1  # the interrupted "slow" of the released run
     _assert_no_tracebacks(worker)
-
-
-def _modes_by_status(dsn: str, schema: str) -> dict[str, tuple[None, str]]:
-    query = render("SELECT workflow_run_id::text, status::text FROM {schema}.workflow_runs", schema)
-    with psycopg.connect(dsn, autocommit=True) as conn:
-        return {r[0]: (None, r[1]) for r in conn.execute(query).fetchall()}
 
 
 # -------------------------------------------------------------- 5. a dead inline caller
