@@ -384,8 +384,10 @@ def _run_inline(wf: Any, config: dict[str, Any]) -> None:
         if "interrupt_within" in config:
             delay = rng.uniform(0.0, config["interrupt_within"])
             timer = threading.Timer(delay, os.kill, (os.getpid(), signal.SIGINT))
-            timer.start()
+            timer.daemon = True
         try:
+            if timer is not None:
+                timer.start()  # inside the try: the signal may land while it starts
             wf.run_to_completion(
                 "three", config.get("input"), on_cancel=config.get("on_cancel", "release")
             )
