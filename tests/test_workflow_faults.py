@@ -312,8 +312,23 @@ async def _cancelled_callers(
 
     async with wf:
         for start in range(0, count, 10):
-            await asyncio.gather(*(call(i) for i in range(start, start + 10)))
+            calls = asyncio.gather(*(call(i) for i in range(start, start + 10)))
+            try:
+                await asyncio.wait_for(calls, 30)
+            except TimeoutError:
+                raise AssertionError(f"ten calls hung: {_backends(dsn)}") from None
     return ended
+
+
+def _backends(dsn: str) -> list[tuple[Any, ...]]:
+    """What this test's connections are doing (evidence when the service hangs)."""
+    query = (
+        "SELECT pid, state, wait_event, xact_start IS NOT NULL, pg_blocking_pids(pid),"
+        " left(query, 60) FROM pg_stat_activity"
+        " WHERE datname = current_database() AND application_name LIKE 'fault:%'"
+    )
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        return conn.execute(query).fetchall()
 
 
 def test_cancelled_inline_callers_leave_their_runs_to_the_workers(
