@@ -228,12 +228,16 @@ class EmbeddedPostgres:
         atexit.unregister(self.stop)
         self._pgdata = None
 
-    def restart(self) -> None:
-        """Restart the server in place (a fast shutdown ends every connection).
+    def restart(self, mode: str = "fast") -> None:
+        """Restart the server in place; the data directory, the socket and so the DSN
+        stay the same.
 
-        The data directory, the socket and so the DSN stay the same.
+        ``mode`` is pg_ctl's shutdown mode: ``"fast"`` ends every connection cleanly,
+        ``"immediate"`` kills the server like a crash (it recovers from its WAL).
         """
-        self._run_pg_ctl("-m", "fast", "restart")
+        if mode not in ("fast", "immediate"):
+            raise ValueError(f"mode must be 'fast' or 'immediate', not {mode!r}")
+        self._run_pg_ctl("-m", mode, "restart")
 
     @contextlib.contextmanager
     def down(self) -> Iterator[None]:

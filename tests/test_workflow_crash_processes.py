@@ -1,101 +1,32 @@
-"""Workflow workers in separate processes: a worker killed with SIGKILL mid-step, and
-several worker processes sharing one queue (sync API)."""
+"""Workflow workers in separate processes (tests/faults.py starts them): a worker killed
+with SIGKILL mid-step, and several worker processes sharing one queue (sync API)."""
 
 from __future__ import annotations
 
-import os
 import signal
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import psycopg
 import pytest
-from psycopg import sql
 
 from pikku_pg._sync.workflow import PgWorkflowService, WorkflowContext
 from pikku_pg.errors import DatabaseUnavailableError
+from tests.faults import STEPS, Recorder, audit, children, install_audit, register, spawn
 
-# A worker process. Every step execution is counted in the table "executions";
-# in mode "hang" the step "slow" announces itself and then hangs (to be killed).
-WORKER = """
-import sys, threading, time
-import psycopg
-from pikku_pg._sync.workflow import PgWorkflowService
-
-dsn, schema, mode = sys.argv[1], sys.argv[2], sys.argv[3]
-conn = psycopg.connect(dsn, autocommit=True)
-lock = threading.Lock()
-wf = PgWorkflowService(dsn, schema)
-
-def record(data):
-    with lock:
-        conn.execute(
-            f'INSERT INTO "{schema}".executions (run_id, step) VALUES (%s, %s)',
-            (data["run"], data["step"]),
-        )
-    if data["step"] == "slow" and mode == "hang":
-        print("slow started", flush=True)
-        time.sleep(120)
-    return data["step"]
-
-@wf.workflow("three", version="1")
-def three(ctx, data):
-    return [ctx.do(s, record, {"run": ctx.run_id, "step": s}) for s in ("first", "slow", "last")]
-
-print("ready", flush=True)
-with wf:
-    try:
-        wf.run_worker(concurrency=2, lease=1.0, poll_interval=0.2, shutdown_timeout=5)
-    except KeyboardInterrupt:
-        pass
-"""
-
-
-def _register(wf: PgWorkflowService, dsn: str, schema: str) -> None:
-    conn = psycopg.connect(dsn, autocommit=True)
-
-    def record(data: dict[str, str]) -> str:
-        conn.execute(
-            sql.SQL("INSERT INTO {}.executions (run_id, step) VALUES (%s, %s)").format(
-                sql.Identifier(schema)
-            ),
-            (data["run"], data["step"]),
-        )
-        return data["step"]
-
-    @wf.workflow("three", version="1")
-    def three(ctx: WorkflowContext, data: Any) -> list[str]:
-        return [
-            ctx.do(s, record, {"run": ctx.run_id, "step": s}) for s in ("first", "slow", "last")
-        ]
+WORKER = {"role": "worker", "lease": 1.0, "poll": 0.2, "concurrency": 2}
 
 
 @pytest.fixture
 def wf(pg_dsn: str, schema_name: str) -> Iterator[PgWorkflowService]:
+    """A service with the fault workflows (tests/faults.py) and the executions table."""
     with PgWorkflowService(pg_dsn, schema_name) as service:
         service.init()
-        with psycopg.connect(pg_dsn, autocommit=True) as conn:
-            conn.execute(
-                sql.SQL("CREATE TABLE {}.executions (run_id TEXT, step TEXT)").format(
-                    sql.Identifier(schema_name)
-                )
-            )
-        _register(service, pg_dsn, schema_name)
+        install_audit(pg_dsn, schema_name)
+        register(service, Recorder(pg_dsn, schema_name, slow=0.0))
         yield service
-
-
-def _spawn(dsn: str, schema: str, mode: str) -> subprocess.Popen[str]:
-    proc = subprocess.Popen(
-        [sys.executable, "-c", WORKER, dsn, schema, mode],
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    assert proc.stdout is not None
-    assert proc.stdout.readline().strip() == "ready"
-    return proc
 
 
 def _postmaster_start(dsn: str) -> Any:
@@ -106,33 +37,25 @@ def _postmaster_start(dsn: str) -> Any:
 
 
 def _executions(dsn: str, schema: str) -> dict[tuple[str, str], int]:
-    with psycopg.connect(dsn, autocommit=True) as conn:
-        rows = conn.execute(
-            sql.SQL("SELECT run_id, step, count(*) FROM {}.executions GROUP BY 1, 2").format(
-                sql.Identifier(schema)
-            )
-        ).fetchall()
-    return {(r[0], r[1]): r[2] for r in rows}
+    return {key: len(runs) for key, runs in audit(dsn, schema).executions.items()}
 
 
 def test_a_killed_worker_s_run_is_finished_by_another(
-    wf: PgWorkflowService, pg_dsn: str, schema_name: str
+    wf: PgWorkflowService, pg_dsn: str, schema_name: str, tmp_path: Path
 ) -> None:
-    proc = _spawn(pg_dsn, schema_name, "hang")
+    proc = spawn(tmp_path, dsn=pg_dsn, schema=schema_name, **WORKER, hang=True, announce=True)
     try:
         run_id = wf.start_workflow("three", None)
-        assert proc.stdout is not None
-        assert proc.stdout.readline().strip() == "slow started"
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.wait(10)
+        assert proc.line() == f"slow {run_id}"
+        proc.signal(signal.SIGKILL)
+        proc.proc.wait(10)
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+        proc.stop()
     killed_at = time.monotonic()
     with wf.worker(concurrency=1, lease=1.0, poll_interval=0.2, shutdown_timeout=5):
         run = wf.wait_for_run(run_id, timeout=20)
-    assert run.status == "completed" and run.output == ["first", "slow", "last"]
+    assert run.status == "completed"
+    assert [token.split(":")[0] for token in run.output] == list(STEPS)
     assert time.monotonic() - killed_at < 15
     # "first" had succeeded: not run again. "slow" was running when its worker died:
     # it ran again as a new attempt (at-least-once). Nothing was lost.
@@ -151,25 +74,15 @@ def test_a_killed_worker_s_run_is_finished_by_another(
 
 
 def test_four_worker_processes_run_every_run_and_step_once(
-    wf: PgWorkflowService, pg_dsn: str, schema_name: str
+    wf: PgWorkflowService, pg_dsn: str, schema_name: str, tmp_path: Path
 ) -> None:
     run_ids = [wf.start_workflow("three", i) for i in range(200)]
-    procs = [_spawn(pg_dsn, schema_name, "normal") for _ in range(4)]
-    try:
+    with children(tmp_path, 4, dsn=pg_dsn, schema=schema_name, **WORKER, slow=0.0) as procs:
         runs = [wf.wait_for_run(r, timeout=60) for r in run_ids]
-    finally:
-        for proc in procs:
-            proc.send_signal(signal.SIGINT)  # graceful stop
-        for proc in procs:
-            try:
-                proc.wait(15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
     assert {r.status for r in runs} == {"completed"}
     counts = _executions(pg_dsn, schema_name)
     assert len(counts) == 600 and set(counts.values()) == {1}
-    assert all(p.returncode == 0 for p in procs)
+    assert all(p.proc.returncode == 0 for p in procs)  # stopped gracefully
 
 
 def test_workers_survive_a_server_restart() -> None:
