@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import ast
+import importlib.util
 import io
 import re
 import shutil
@@ -311,19 +312,33 @@ def convert(source: str, rules: Mapping[str, str] = RENAMES, fired: set[str] | N
 # --- formatting and checks --------------------------------------------------------------------
 
 
-def _ruff() -> str:
-    local = Path(sys.executable).parent / "ruff"
-    found = str(local) if local.exists() else shutil.which("ruff")
-    if found is None:
-        raise UnasyncError("ruff not found next to the Python interpreter nor on PATH")
-    return found
+def _ruff(root: Path = DEFAULT_ROOT) -> list[str]:
+    """The ruff command: next to this interpreter, on PATH, as ``python -m ruff``, or in
+    the repository's own virtual environment (``.venv``, ``.ci-venv``)."""
+    candidates = [Path(sys.executable).parent / "ruff"]
+    on_path = shutil.which("ruff")
+    if on_path is not None:
+        candidates.append(Path(on_path))
+    for found in candidates:
+        if found.exists():
+            return [str(found)]
+    if importlib.util.find_spec("ruff") is not None:
+        return [sys.executable, "-m", "ruff"]
+    for venv in (".venv", ".ci-venv"):
+        found = root / venv / "bin" / "ruff"
+        if found.exists():
+            return [str(found)]
+    raise UnasyncError(
+        "ruff not found (next to the Python interpreter, on PATH, as a module, or in "
+        '.venv/.ci-venv): install the dev extra, pip install -e ".[dev]"'
+    )
 
 
 def _run_ruff(args: list[str], text: str, root: Path, source: str) -> str:
     # cwd=root and a path under root so that ruff uses the repo's [tool.ruff] config.  We name
     # the *source* file: ruff's isort classifies first-party imports by the file's package,
     # and the sync package may not exist yet (its __init__.py is generated too).
-    cmd = [_ruff(), *args, "--stdin-filename", source, "-"]
+    cmd = [*_ruff(root), *args, "--stdin-filename", source, "-"]
     proc = subprocess.run(
         cmd, input=text, capture_output=True, text=True, cwd=root, encoding="utf-8"
     )
