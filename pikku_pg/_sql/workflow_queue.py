@@ -103,29 +103,35 @@ WORKFLOW_QUEUE = Component(
 #: ``workflow_runs``).
 COMPONENT = WORKFLOW_QUEUE
 
+# A new running run (``{inline}``: queued or inline), the first CTE of both starts.
+_NEW_RUN = """\
+INSERT INTO {schema}.workflow_runs (workflow, status, input, inline, graph_hash, wire)
+  VALUES (%(workflow)s, 'running', %(input)s, {inline}, %(graph_hash)s, %(wire)s)
+  RETURNING workflow_run_id"""
+
 # A run and its first replay job, in one statement (so a run is never left without
 # the job that runs it).
-START_RUN = """\
+START_RUN = compose(
+    """\
 WITH r AS (
-  INSERT INTO {schema}.workflow_runs (workflow, status, input, inline, graph_hash, wire)
-  VALUES (%(workflow)s, 'running', %(input)s, false, %(graph_hash)s, %(wire)s)
-  RETURNING workflow_run_id
+  {new_run}
 ), j AS (
   INSERT INTO {schema}.workflow_jobs (workflow_run_id, kind)
   SELECT workflow_run_id, 'replay' FROM r
 )
 SELECT r.workflow_run_id::text, pg_notify(%(channel)s, '') FROM r
-"""
+""",
+    new_run=compose(_NEW_RUN, inline="false"),
+)
 
 # An inline run and its replay job, created already claimed by the caller (one
 # statement): if the caller dies, the lease runs out and a worker takes the run over.
 # The caller makes the token, so it can hand the run back even if it is interrupted
 # before this statement's answer arrives.
-START_INLINE_RUN = """\
+START_INLINE_RUN = compose(
+    """\
 WITH r AS (
-  INSERT INTO {schema}.workflow_runs (workflow, status, input, inline, graph_hash, wire)
-  VALUES (%(workflow)s, 'running', %(input)s, true, %(graph_hash)s, %(wire)s)
-  RETURNING workflow_run_id
+  {new_run}
 ), j AS (
   INSERT INTO {schema}.workflow_jobs
     (workflow_run_id, kind, status, attempts, lease_token, locked_by, locked_until)
@@ -135,7 +141,9 @@ WITH r AS (
   RETURNING job_id
 )
 SELECT r.workflow_run_id::text, j.job_id FROM r, j
-"""
+""",
+    new_run=compose(_NEW_RUN, inline="true"),
+)
 
 # No job of the run is held by a live lease (nobody is running it now).
 _NOBODY_HOLDS = """\
