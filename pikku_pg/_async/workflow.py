@@ -217,7 +217,7 @@ class AsyncPgWorkflowService(AsyncWorkflowStateStore):
         ``error``, the stored error, and ``code``).
 
         The run holds a lease while the caller runs it (see ``inline_lease``). When
-        the caller is interrupted (``asyncio.CancelledError``, ``KeyboardInterrupt``),
+        the caller is interrupted (``KeyboardInterrupt``, or the cancelled task of an asyncio app),
         the run is handed to the workers at once (``on_cancel="release"``: any
         worker with the workflow registered continues it) or cancelled
         (``on_cancel="cancel"``); the interruption is then re-raised. When the
